@@ -1,0 +1,1 @@
+"""Connectors to the participating organisations, one folder each, with their sandboxes."""

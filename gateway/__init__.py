@@ -1,0 +1,1 @@
+"""Blauwe Knop gateway."""
