@@ -1,0 +1,205 @@
+"""The gateway's HTTP application: bundle download, keys, schema and operations endpoints."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from html import escape
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from connectors._sandbox import CITIZENS
+from gateway import logs
+from gateway.bsn import is_bsn
+from gateway.bundle import BundleIssuer
+from gateway.config import Settings, connector_factory, load_keys
+from gateway.fanout import Fanout
+from gateway.metrics import Metrics
+from gateway.schema import SCHEMA_FILE, schema_bytes
+from gateway.sign import KeyRing
+
+log = logging.getLogger(__name__)
+
+SETTINGS = web.AppKey("settings", Settings)
+ISSUER = web.AppKey("issuer", BundleIssuer)
+KEYS = web.AppKey("keys", KeyRing)
+METRICS = web.AppKey("metrics", Metrics)
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+
+JOSE = "application/jose"
+JSON = "application/json"
+_CSP = (
+    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+    "base-uri 'none'; frame-ancestors 'none'"
+)
+
+
+def problem(status: int, title: str, detail: str) -> web.Response:
+    """An RFC 9457 problem details response."""
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail}
+    return web.Response(
+        status=status, body=orjson.dumps(body), content_type="application/problem+json"
+    )
+
+
+def create_app(settings: Settings, keys: KeyRing | None = None) -> web.Application:
+    keys = keys or load_keys(settings)
+    metrics = Metrics()
+    connectors = [connector_factory(o.connector)(o.settings) for o in settings.organisations]
+    fanout = Fanout(
+        connectors, deadline=settings.deadline_seconds, metrics=metrics, breaker=settings.breaker
+    )
+    app = web.Application(
+        client_max_size=settings.max_request_bytes,
+        middlewares=[_transaction_and_errors, _security_headers],
+    )
+    app[SETTINGS] = settings
+    app[KEYS] = keys
+    app[METRICS] = metrics
+    app[ISSUER] = BundleIssuer(fanout, keys, settings.uitgever, metrics)
+    app.cleanup_ctx.append(_client_session)
+    app.router.add_get("/.well-known/jwks.json", _jwks)
+    app.router.add_get(f"/schema/{SCHEMA_FILE}", _schema)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", _metrics)
+    if settings.mode == "sandbox":
+        # Fetching by BSN without login exists only in sandbox mode; production never routes it.
+        app.router.add_get("/", _sandbox_home)
+        app.router.add_post("/v1/sandbox/bundel", _sandbox_bundel)
+    return app
+
+
+async def _client_session(app: web.Application) -> AsyncIterator[None]:
+    connector = aiohttp.TCPConnector(limit=256, limit_per_host=64, ttl_dns_cache=300)
+    async with aiohttp.ClientSession(connector=connector, raise_for_status=False) as session:
+        app[SESSION] = session
+        yield
+
+
+@web.middleware
+async def _transaction_and_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    tx = str(uuid.uuid4())
+    request["transactie_id"] = tx
+    token = logs.transaction_id.set(tx)
+    try:
+        response = await handler(request)
+    except web.HTTPRequestEntityTooLarge:
+        response = problem(413, "Verzoek te groot", "The request body is larger than allowed.")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = problem(exc.status, exc.reason, exc.text or exc.reason)
+    except Exception:
+        log.exception("unhandled error")
+        response = problem(500, "Interne fout", f"Something went wrong; quote transaction id {tx}.")
+    finally:
+        logs.transaction_id.reset(token)
+    response.headers["X-Transactie-Id"] = tx
+    return response
+
+
+@web.middleware
+async def _security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    response = await handler(request)
+    response.headers.setdefault("Content-Security-Policy", _CSP)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+async def _jwks(request: web.Request) -> web.Response:
+    response = web.Response(
+        body=orjson.dumps(request.app[KEYS].jwks()), content_type="application/jwk-set+json"
+    )
+    response.headers["Cache-Control"] = "public, max-age=300"
+    return response
+
+
+async def _schema(request: web.Request) -> web.Response:
+    return web.Response(body=schema_bytes(), content_type="application/schema+json")
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    ready = SESSION in request.app and not request.app[SESSION].closed
+    return web.json_response({"ready": ready}, status=200 if ready else 503)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _sandbox_bundel(request: web.Request) -> web.Response:
+    """Sandbox only: a bundle for a test BSN, without login. JSON body or HTML form."""
+    fields: dict[str, Any]
+    if request.content_type == JSON:
+        try:
+            fields = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            return problem(400, "Ongeldig verzoek", "The body is not valid JSON.")
+        if not isinstance(fields, dict):
+            return problem(400, "Ongeldig verzoek", "The body must be a JSON object.")
+    else:
+        fields = dict(await request.post())
+    bsn = fields.get("bsn")
+    if not isinstance(bsn, str) or not is_bsn(bsn):
+        return problem(400, "Ongeldig BSN", "Give a 9-digit BSN that passes the 11-proef.")
+    organisaties = fields.get("organisaties")
+    if organisaties is not None and not (
+        isinstance(organisaties, list) and all(isinstance(o, str) for o in organisaties)
+    ):
+        return problem(400, "Ongeldig verzoek", "organisaties must be a list of codes.")
+    wants_jws = fields.get("formaat") == "jws" or JOSE in request.headers.get("Accept", "")
+    metrics = request.app[METRICS]
+    signed = await request.app[ISSUER].issue(
+        bsn=bsn,
+        transactie_id=request["transactie_id"],
+        session=request.app[SESSION],
+        selected=organisaties,
+    )
+    metrics.bundles.labels("issued").inc()
+    if wants_jws:
+        body, content_type, extension = signed.compact_jws.encode(), JOSE, "jws"
+    else:
+        body, content_type, extension = signed.download_json(), JSON, "json"
+    response = web.Response(body=body, content_type=content_type)
+    if "formaat" in fields:
+        response.headers["Content-Disposition"] = (
+            f'attachment; filename="blauwe-knop-{signed.document["bundel_id"]}.{extension}"'
+        )
+    return response
+
+
+async def _sandbox_home(request: web.Request) -> web.Response:
+    rows = "\n".join(
+        f"<tr><td>{c.bsn}</td><td>{escape(c.naam)}</td><td>{escape(c.scenario)}</td><td>"
+        f'<form method="post" action="/v1/sandbox/bundel">'
+        f'<input type="hidden" name="bsn" value="{c.bsn}">'
+        f'<button name="formaat" value="json">JSON</button> '
+        f'<button name="formaat" value="jws">JWS</button></form></td></tr>'
+        for c in CITIZENS
+    )
+    html = f"""<!doctype html>
+<html lang="nl"><head><meta charset="utf-8"><title>Blauwe Knop gateway (sandbox)</title></head>
+<body><main><h1>Blauwe Knop gateway — sandbox</h1>
+<p>Alleen voor testen: haal een ondertekende bundel op voor een testburger, zonder inloggen.
+<span lang="en">Sandbox only: fetch a signed bundle for a test citizen without login.</span></p>
+<table><thead><tr><th scope="col">BSN</th><th scope="col">Naam</th><th scope="col">Scenario</th>
+<th scope="col">Download</th></tr></thead><tbody>
+{rows}
+</tbody></table>
+<p><a href="/.well-known/jwks.json">JWKS</a> · <a href="/schema/{SCHEMA_FILE}">Schema v1</a> ·
+<a href="/metrics">Metrics</a></p></main></body></html>"""
+    return web.Response(text=html, content_type="text/html")

@@ -1,0 +1,285 @@
+"""Configuration from a TOML file and `BLAUWEKNOP_*` environment variables.
+
+Environment variables override the file; `__` separates nesting levels, so
+`BLAUWEKNOP_ORGANISATIONS__DUO__URL` sets `[organisations.duo] url`. In sandbox mode the four
+organisations default to the local sandboxes and the keys to the development PKI; production
+mode has no defaults for either and refuses settings that are only safe in a sandbox.
+"""
+
+from __future__ import annotations
+
+import importlib
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Literal, cast
+from urllib.parse import urlsplit
+
+from gateway.connector import ConnectorFactory, ConnectorSettings
+from gateway.errors import ConfigError
+from gateway.fanout import BreakerSettings
+from gateway.models import Contactoptie, Organisatie
+from gateway.pki import DevPki
+from gateway.sign import KeyRing
+
+Mode = Literal["sandbox", "production"]
+ENTRY_POINT_GROUP = "blauweknop.connectors"
+ENV_PREFIX = "BLAUWEKNOP_"
+
+SANDBOX_ORGS = ("duo", "uwv", "cak", "gemeente")
+_SANDBOX_PORTS = {"duo": 9101, "uwv": 9102, "cak": 9103, "gemeente": 9104}
+_DEFAULT_UITGEVER = Organisatie("00000099000000099000", "bkgw", "Blauwe Knop gateway (sandbox)")
+
+
+@dataclass(frozen=True, slots=True)
+class OrganisationConfig:
+    connector: str
+    settings: ConnectorSettings
+
+
+@dataclass(frozen=True, slots=True)
+class SigningConfig:
+    key: Path
+    chain: Path
+    retired: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    mode: Mode = "sandbox"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    state_dir: Path = Path(".blauweknop")
+    uitgever: Organisatie = _DEFAULT_UITGEVER
+    deadline_seconds: float = 5.0
+    max_request_bytes: int = 64 * 1024
+    breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    organisations: tuple[OrganisationConfig, ...] = ()
+    signing: SigningConfig | None = None
+    log_level: str = "INFO"
+    sandbox_host: str = "127.0.0.1"
+
+    @property
+    def dev_pki(self) -> DevPki:
+        return DevPki(self.state_dir / "pki")
+
+
+def load_keys(settings: Settings) -> KeyRing:
+    """The configured seal keys, or in sandbox mode the development PKI's."""
+    if settings.signing is not None:
+        s = settings.signing
+        return KeyRing.from_files(s.key, s.chain, s.retired)
+    if settings.mode != "sandbox":
+        raise ConfigError("production mode needs [signing] key and chain")
+    return KeyRing.from_dev_pki(settings.dev_pki)
+
+
+def connector_factory(name: str) -> ConnectorFactory:
+    """Find a connector through the `blauweknop.connectors` entry-point group."""
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == name:
+            return cast(ConnectorFactory, ep.load())
+    known = sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+    raise ConfigError(f"no connector named {name!r}; installed connectors: {known}")
+
+
+def connector_defaults(name: str) -> tuple[Organisatie, tuple[Contactoptie, ...]]:
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == name:
+            module = importlib.import_module(ep.module)
+            return module.ORGANISATIE, module.CONTACTOPTIES
+    raise ConfigError(f"no connector named {name!r}")
+
+
+def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read configuration {path}: {exc}") from exc
+    for key, value in (env or {}).items():
+        if key.startswith(ENV_PREFIX) and key != ENV_PREFIX + "CONFIG":
+            _set_path(data, key.removeprefix(ENV_PREFIX).lower().split("__"), value)
+    return settings_from_mapping(data)
+
+
+def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
+    mode = _str(data, "mode", "sandbox")
+    if mode not in ("sandbox", "production"):
+        raise ConfigError(f"mode must be 'sandbox' or 'production', not {mode!r}")
+    state_dir = Path(_str(data, "state_dir", ".blauweknop"))
+    uitgever_data = _table(data, "uitgever")
+    uitgever = Organisatie(
+        oin=_str(uitgever_data, "oin", _DEFAULT_UITGEVER.oin),
+        code=_str(uitgever_data, "code", _DEFAULT_UITGEVER.code),
+        naam=_str(uitgever_data, "naam", _DEFAULT_UITGEVER.naam),
+    )
+    breaker = _table(data, "breaker")
+    signing_data = _table(data, "signing")
+    signing = (
+        SigningConfig(
+            key=Path(_str(signing_data, "key")),
+            chain=Path(_str(signing_data, "chain")),
+            retired=tuple(Path(p) for p in signing_data.get("retired", ())),
+        )
+        if signing_data
+        else None
+    )
+    sandbox_host = _str(data, "sandbox_host", "127.0.0.1")
+    settings = Settings(
+        mode=cast(Mode, mode),
+        host=_str(data, "host", "127.0.0.1"),
+        port=_int(data, "port", 8080),
+        state_dir=state_dir,
+        uitgever=uitgever,
+        deadline_seconds=_float(data, "deadline_seconds", 5.0),
+        max_request_bytes=_int(data, "max_request_bytes", 64 * 1024),
+        breaker=BreakerSettings(
+            failure_threshold=_int(breaker, "failures", 5),
+            reset_after=_float(breaker, "reset_seconds", 30.0),
+        ),
+        organisations=_organisations(
+            _table(data, "organisations"), mode, DevPki(state_dir / "pki"), sandbox_host
+        ),
+        signing=signing,
+        log_level=_str(data, "log_level", "INFO"),
+        sandbox_host=sandbox_host,
+    )
+    if mode == "production":
+        _check_production(settings)
+    return settings
+
+
+def sandbox_organisation_table(pki: DevPki, urls: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """The configuration of the four sandbox organisations at the given base URLs."""
+    return {
+        "duo": {"url": urls["duo"], "trust_cert": str(pki.identity("duo-sign").cert)},
+        "uwv": {
+            "url": urls["uwv"],
+            "trust_cert": str(pki.identity("uwv-sign").cert),
+            "client_cert": str(pki.identity("gateway-client").cert),
+            "client_key": str(pki.identity("gateway-client").key),
+            "ca_cert": str(pki.root_cert),
+        },
+        "cak": {
+            "url": urls["cak"],
+            "trust_cert": str(pki.identity("cak-sign").cert),
+            "options": {
+                "token_url": urls["cak"] + "/oauth2/token",
+                "client_id": "blauweknop-gateway",
+                "client_secret_file": str(pki.secret("cak-client-secret")),
+            },
+        },
+        "gemeente": {
+            "url": urls["gemeente"],
+            "trust_cert": str(pki.identity("gemeente-sign").cert),
+            "options": {"gemeentecode": "0363"},
+        },
+    }
+
+
+def _organisations(
+    table: Mapping[str, Any], mode: str, pki: DevPki, sandbox_host: str
+) -> tuple[OrganisationConfig, ...]:
+    merged: dict[str, dict[str, Any]] = {}
+    if mode == "sandbox":
+        urls = {
+            org: f"{'https' if org == 'uwv' else 'http'}://{sandbox_host}:{port}"
+            for org, port in _SANDBOX_PORTS.items()
+        }
+        merged = sandbox_organisation_table(pki, urls)
+    for name, entry in table.items():
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"[organisations.{name}] must be a table")
+        merged[name] = {**merged.get(name, {}), **entry}
+    return tuple(_organisation(name, entry) for name, entry in merged.items())
+
+
+def _organisation(name: str, entry: Mapping[str, Any]) -> OrganisationConfig:
+    where = f"organisations.{name}"
+    connector = _str(entry, "connector", name)
+    default_org, _ = connector_defaults(connector)
+    org = Organisatie(
+        oin=_str(entry, "oin", default_org.oin),
+        code=_str(entry, "code", default_org.code),
+        naam=_str(entry, "naam", default_org.naam),
+    )
+
+    def path(key: str) -> Path | None:
+        value = entry.get(key)
+        return Path(value) if value else None
+
+    trust = path("trust_cert")
+    if trust is None:
+        raise ConfigError(f"[{where}] needs trust_cert: the organisation's signing certificate")
+    options = entry.get("options", {})
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"[{where}.options] must be a table")
+    return OrganisationConfig(
+        connector=connector,
+        settings=ConnectorSettings(
+            organisatie=org,
+            base_url=_str(entry, "url").rstrip("/"),
+            trust_cert=trust,
+            connect_timeout=_float(entry, "connect_timeout", 2.0),
+            read_timeout=_float(entry, "read_timeout", 5.0),
+            max_body_bytes=_int(entry, "max_body_bytes", 8 * 1024 * 1024),
+            client_cert=path("client_cert"),
+            client_key=path("client_key"),
+            ca_cert=path("ca_cert"),
+            options={str(k): str(v) for k, v in options.items()},
+        ),
+    )
+
+
+def _check_production(settings: Settings) -> None:
+    if settings.signing is None:
+        raise ConfigError(
+            "production mode needs [signing] key and chain: the seal key and its certificate chain"
+        )
+    if not settings.organisations:
+        raise ConfigError("production mode needs at least one [organisations.<name>] table")
+    for org in settings.organisations:
+        if urlsplit(org.settings.base_url).scheme != "https":
+            raise ConfigError(
+                f"[organisations.{org.connector}] url must use https in production mode"
+            )
+
+
+def _set_path(data: dict[str, Any], keys: list[str], value: str) -> None:
+    for key in keys[:-1]:
+        data = data.setdefault(key, {})
+        if not isinstance(data, dict):
+            raise ConfigError(f"environment variable sets {key!r} both as value and as table")
+    data[keys[-1]] = value
+
+
+def _table(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key} must be a table")
+    return value
+
+
+def _str(data: Mapping[str, Any], key: str, default: str | None = None) -> str:
+    value = data.get(key, default)
+    if value is None:
+        raise ConfigError(f"missing setting {key!r}")
+    return str(value)
+
+
+def _int(data: Mapping[str, Any], key: str, default: int) -> int:
+    try:
+        return int(data.get(key, default))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {key!r} must be a whole number") from exc
+
+
+def _float(data: Mapping[str, Any], key: str, default: float) -> float:
+    try:
+        return float(data.get(key, default))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {key!r} must be a number") from exc

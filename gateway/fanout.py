@@ -1,0 +1,152 @@
+"""Ask every organisation at once, under one deadline, and record why any is missing.
+
+A slow or broken organisation never delays the others past the deadline and never fails the
+whole bundle: its entry says what happened, in Dutch, with the organisation's contact options.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+import aiohttp
+
+from gateway.breaker import CircuitBreaker
+from gateway.connector import Connector, FetchRequest, SourceData
+from gateway.errors import SourceError
+from gateway.metrics import Metrics
+from gateway.models import Bron, BronStatus, Organisatie
+
+log = logging.getLogger(__name__)
+
+# Failures that say the organisation is down, as opposed to answering wrongly.
+_BREAKER_STATUSES: frozenset[BronStatus] = frozenset({"onbereikbaar", "time-out"})
+
+
+def toelichting(status: BronStatus, org: Organisatie) -> str | None:
+    """What the citizen reads about a source, in Dutch."""
+    name = org.naam
+    return {
+        "ok": None,
+        "geen_gegevens": f"{name} heeft geen gegevens over u.",
+        "niet_opgevraagd": f"{name} is niet gevraagd, omdat u of het doel dat niet toestaat.",
+        "onbereikbaar": f"{name} was niet bereikbaar. Probeer het later opnieuw.",
+        "time-out": f"{name} antwoordde niet op tijd. Probeer het later opnieuw.",
+        "ongeldig": (
+            f"Het antwoord van {name} kon niet worden gecontroleerd en is daarom weggelaten."
+        ),
+    }[status]
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerSettings:
+    failure_threshold: int = 5
+    reset_after: float = 30.0
+
+
+class Fanout:
+    def __init__(
+        self,
+        connectors: Sequence[Connector],
+        *,
+        deadline: float,
+        metrics: Metrics,
+        breaker: BreakerSettings = BreakerSettings(),
+    ) -> None:
+        self.connectors = tuple(connectors)
+        self.deadline = deadline
+        self.metrics = metrics
+        self.breakers = {
+            c.organisatie.code: CircuitBreaker(breaker.failure_threshold, breaker.reset_after)
+            for c in self.connectors
+        }
+
+    async def collect(
+        self,
+        *,
+        bsn: str,
+        transactie_id: str,
+        session: aiohttp.ClientSession,
+        selected: Collection[str] | None = None,
+    ) -> tuple[Bron, ...]:
+        """One `Bron` per connector, in configuration order; `selected` limits who is asked."""
+        request = FetchRequest(bsn, transactie_id, session)
+        deadline = asyncio.get_running_loop().time() + self.deadline
+        return tuple(
+            await asyncio.gather(
+                *(self._one(c, request, deadline, selected) for c in self.connectors)
+            )
+        )
+
+    async def _one(
+        self,
+        connector: Connector,
+        request: FetchRequest,
+        deadline: float,
+        selected: Collection[str] | None,
+    ) -> Bron:
+        org = connector.organisatie
+        if selected is not None and org.code not in selected:
+            return _bron(connector, "niet_opgevraagd")
+        breaker = self.breakers[org.code]
+        if not breaker.allow():
+            self.metrics.source_outcomes.labels(org.code, "onbereikbaar").inc()
+            log.info("circuit open, not calling", extra={"org": org.code})
+            return _bron(connector, "onbereikbaar")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        data: SourceData | None = None
+        try:
+            async with asyncio.timeout_at(deadline):
+                data = await connector.fetch(request)
+            status: BronStatus = "geen_gegevens" if data.gegevens.is_empty else "ok"
+        except TimeoutError:
+            status = "time-out"
+            log.warning("source missed the deadline", extra={"org": org.code})
+        except SourceError as exc:
+            status = exc.status
+            log.warning("source failed: %s", exc, extra={"org": org.code, "status": status})
+        except Exception:
+            # A bug in one connector must not cost the citizen the other organisations' data.
+            status = "ongeldig"
+            log.exception("connector crashed", extra={"org": org.code})
+        elapsed = loop.time() - started
+        self._record(org.code, status, elapsed, breaker)
+        if data is None:
+            return _bron(connector, status)
+        return Bron(
+            organisatie=org,
+            status=status,
+            toelichting=toelichting(status, org),
+            opgehaald_op=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            duur_ms=round(elapsed * 1000),
+            herkomst=data.herkomst,
+            contactopties=connector.contactopties,
+            gegevens=data.gegevens,
+        )
+
+    def _record(
+        self, org: str, status: BronStatus, elapsed: float, breaker: CircuitBreaker
+    ) -> None:
+        self.metrics.source_latency.labels(org).observe(elapsed)
+        self.metrics.source_outcomes.labels(org, status).inc()
+        if status in _BREAKER_STATUSES:
+            breaker.record_failure()
+        else:
+            breaker.record_success()
+        self.metrics.circuit_open.labels(org).set(1 if breaker.state == "open" else 0)
+
+
+def _bron(connector: Connector, status: BronStatus) -> Bron:
+    return Bron(
+        organisatie=connector.organisatie,
+        status=status,
+        toelichting=toelichting(status, connector.organisatie),
+        opgehaald_op=None,
+        duur_ms=None,
+        herkomst=None,
+        contactopties=connector.contactopties,
+    )

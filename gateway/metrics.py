@@ -1,0 +1,43 @@
+"""Prometheus metrics; each app gets its own registry so several can run in one process."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.source_latency = Histogram(
+            "blauweknop_source_request_seconds",
+            "Time one organisation took to answer, per organisation.",
+            ["org"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.source_outcomes = Counter(
+            "blauweknop_source_requests",
+            "Organisation calls by outcome (the source status in the bundle).",
+            ["org", "status"],
+            registry=self.registry,
+        )
+        self.circuit_open = Gauge(
+            "blauweknop_circuit_open",
+            "1 while the circuit breaker for an organisation is open.",
+            ["org"],
+            registry=self.registry,
+        )
+        self.bundles = Counter(
+            "blauweknop_bundles",
+            "Bundles requested, by outcome.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.bundle_latency = Histogram(
+            "blauweknop_bundle_seconds",
+            "Time to build and sign one bundle.",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )

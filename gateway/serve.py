@@ -1,0 +1,76 @@
+"""Running the gateway, alone or as the demo stack with the four organisation sandboxes."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from connectors._sandbox import CITIZENS
+from connectors._sandbox.runner import RunningSandbox, serve_app, start_sandbox
+from gateway.app import create_app
+from gateway.config import SANDBOX_ORGS, Settings
+from gateway.pki import DevPki
+
+
+async def wait_for_stop() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def start_sandboxes(
+    pki: DevPki, orgs: Sequence[str] = SANDBOX_ORGS, host: str = "127.0.0.1"
+) -> list[RunningSandbox]:
+    pki.ensure()
+    return [await start_sandbox(org, pki, host=host) for org in orgs]
+
+
+async def run_sandboxes(pki: DevPki, orgs: Sequence[str], host: str) -> None:
+    running = await start_sandboxes(pki, orgs, host)
+    for sandbox in running:
+        print(f"sandbox {sandbox.org:9} {sandbox.url}", flush=True)
+    try:
+        await wait_for_stop()
+    finally:
+        for sandbox in running:
+            await sandbox.runner.cleanup()
+
+
+async def run_gateway(settings: Settings, *, with_sandboxes: bool) -> None:
+    runners: list[web.AppRunner] = []
+    if with_sandboxes:
+        sandboxes = await start_sandboxes(settings.dev_pki, host=settings.sandbox_host)
+        runners.extend(s.runner for s in sandboxes)
+    runner, port = await serve_app(create_app(settings), host=settings.host, port=settings.port)
+    runners.append(runner)
+    base = f"http://{settings.host}:{port}"
+    print(_banner(settings, base, with_sandboxes), flush=True)
+    try:
+        await wait_for_stop()
+    finally:
+        for r in reversed(runners):
+            await r.cleanup()
+
+
+def _banner(settings: Settings, base: str, with_sandboxes: bool) -> str:
+    lines = [f"Blauwe Knop gateway ({settings.mode} mode) listening on {base}"]
+    if with_sandboxes:
+        lines += [f"  sandbox organisations: {', '.join(SANDBOX_ORGS)}"]
+    if settings.mode == "sandbox":
+        example = CITIZENS[2].bsn
+        lines += [
+            f"  open {base}/ to download a signed bundle for a test citizen",
+            f"  or:  curl -s -X POST {base}/v1/sandbox/bundel -H 'Content-Type: application/json' "
+            f'-d \'{{"bsn": "{example}"}}\'',
+            "  test citizens: blauweknop sandbox citizens",
+        ]
+    lines += [
+        f"  keys: {base}/.well-known/jwks.json   metrics: {base}/metrics",
+        "Stop with Ctrl-C.",
+    ]
+    return "\n".join(lines)
