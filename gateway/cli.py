@@ -114,7 +114,7 @@ def _sandbox_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     _event_loop_policy()
-    asyncio.run(run_sandboxes(settings.dev_pki, args.org or SANDBOX_ORGS, settings.sandbox_host))
+    asyncio.run(run_sandboxes(settings, args.org or SANDBOX_ORGS))
     return 0
 
 

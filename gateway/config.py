@@ -29,7 +29,6 @@ ENTRY_POINT_GROUP = "blauweknop.connectors"
 ENV_PREFIX = "BLAUWEKNOP_"
 
 SANDBOX_ORGS = ("duo", "uwv", "cak", "gemeente")
-_SANDBOX_PORTS = {"duo": 9101, "uwv": 9102, "cak": 9103, "gemeente": 9104}
 _DEFAULT_UITGEVER = Organisatie("00000099000000099000", "bkgw", "Blauwe Knop gateway (sandbox)")
 
 
@@ -60,6 +59,11 @@ class Settings:
     signing: SigningConfig | None = None
     log_level: str = "INFO"
     sandbox_host: str = "127.0.0.1"
+    sandbox_base_port: int = 9101
+
+    def sandbox_port(self, org: str) -> int:
+        """The demo sandboxes listen on consecutive ports, in `SANDBOX_ORGS` order."""
+        return self.sandbox_base_port + SANDBOX_ORGS.index(org)
 
     @property
     def dev_pki(self) -> DevPki:
@@ -129,6 +133,7 @@ def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
         else None
     )
     sandbox_host = _str(data, "sandbox_host", "127.0.0.1")
+    sandbox_base_port = _int(data, "sandbox_base_port", 9101)
     settings = Settings(
         mode=cast(Mode, mode),
         host=_str(data, "host", "127.0.0.1"),
@@ -142,11 +147,16 @@ def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
             reset_after=_float(breaker, "reset_seconds", 30.0),
         ),
         organisations=_organisations(
-            _table(data, "organisations"), mode, DevPki(state_dir / "pki"), sandbox_host
+            _table(data, "organisations"),
+            mode,
+            DevPki(state_dir / "pki"),
+            sandbox_host,
+            sandbox_base_port,
         ),
         signing=signing,
         log_level=_str(data, "log_level", "INFO"),
         sandbox_host=sandbox_host,
+        sandbox_base_port=sandbox_base_port,
     )
     if mode == "production":
         _check_production(settings)
@@ -182,13 +192,13 @@ def sandbox_organisation_table(pki: DevPki, urls: Mapping[str, str]) -> dict[str
 
 
 def _organisations(
-    table: Mapping[str, Any], mode: str, pki: DevPki, sandbox_host: str
+    table: Mapping[str, Any], mode: str, pki: DevPki, sandbox_host: str, base_port: int
 ) -> tuple[OrganisationConfig, ...]:
     merged: dict[str, dict[str, Any]] = {}
     if mode == "sandbox":
         urls = {
-            org: f"{'https' if org == 'uwv' else 'http'}://{sandbox_host}:{port}"
-            for org, port in _SANDBOX_PORTS.items()
+            org: f"{'https' if org == 'uwv' else 'http'}://{sandbox_host}:{base_port + i}"
+            for i, org in enumerate(SANDBOX_ORGS)
         }
         merged = sandbox_organisation_table(pki, urls)
     for name, entry in table.items():

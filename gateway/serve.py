@@ -12,7 +12,6 @@ from connectors._sandbox import CITIZENS
 from connectors._sandbox.runner import RunningSandbox, serve_app, start_sandbox
 from gateway.app import create_app
 from gateway.config import SANDBOX_ORGS, Settings
-from gateway.pki import DevPki
 
 
 async def wait_for_stop() -> None:
@@ -24,14 +23,23 @@ async def wait_for_stop() -> None:
 
 
 async def start_sandboxes(
-    pki: DevPki, orgs: Sequence[str] = SANDBOX_ORGS, host: str = "127.0.0.1"
+    settings: Settings, orgs: Sequence[str] = SANDBOX_ORGS, *, any_port: bool = False
 ) -> list[RunningSandbox]:
-    pki.ensure()
-    return [await start_sandbox(org, pki, host=host) for org in orgs]
+    """Start sandboxes on the configured ports, or on free ones (tests)."""
+    settings.dev_pki.ensure()
+    return [
+        await start_sandbox(
+            org,
+            settings.dev_pki,
+            host=settings.sandbox_host,
+            port=0 if any_port else settings.sandbox_port(org),
+        )
+        for org in orgs
+    ]
 
 
-async def run_sandboxes(pki: DevPki, orgs: Sequence[str], host: str) -> None:
-    running = await start_sandboxes(pki, orgs, host)
+async def run_sandboxes(settings: Settings, orgs: Sequence[str]) -> None:
+    running = await start_sandboxes(settings, orgs)
     for sandbox in running:
         print(f"sandbox {sandbox.org:9} {sandbox.url}", flush=True)
     try:
@@ -44,7 +52,7 @@ async def run_sandboxes(pki: DevPki, orgs: Sequence[str], host: str) -> None:
 async def run_gateway(settings: Settings, *, with_sandboxes: bool) -> None:
     runners: list[web.AppRunner] = []
     if with_sandboxes:
-        sandboxes = await start_sandboxes(settings.dev_pki, host=settings.sandbox_host)
+        sandboxes = await start_sandboxes(settings)
         runners.extend(s.runner for s in sandboxes)
     runner, port = await serve_app(create_app(settings), host=settings.host, port=settings.port)
     runners.append(runner)

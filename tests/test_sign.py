@@ -78,7 +78,8 @@ def test_json_download_and_compact_jws_verify(ring: tuple[DevPki, KeyRing]) -> N
     assert verdict.sources[0].provenance == "not checked"
     assert verify_compact(signed.compact_jws, trust).document == verdict.document
     header = orjson.loads(jws.b64url_decode(signed.detached_jws.split(".")[0]))
-    assert header["alg"] == "ES256" and header["kid"] == keys.active.kid
+    assert header["alg"] == "ES256"
+    assert header["kid"] == keys.active.kid
     assert len(header["x5c"]) == 2, "seal certificate and root"
     assert signed.detached_jws.split(".")[1] == "", "the JSON download carries a detached JWS"
 

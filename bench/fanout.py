@@ -1,0 +1,178 @@
+"""Fan-out overhead and throughput of the gateway, measured side by side in one run.
+
+Runs the four sandboxes in one process and the gateway in another, then drives load from
+this process:
+
+* overhead: every organisation at 50 ms added latency; gateway p50 (and p99) divided by the
+  p50 (p99) of the slowest organisation as the gateway measured it, at 1 and 16 clients;
+* throughput: no added latency, 16 clients; signed bundles per second through the gateway
+  divided by the rate of a bare aiohttp client making the same four organisation calls itself
+  and verifying their signatures (with the same connector code, in this process).
+
+    .venv/bin/python -m bench.fanout [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+from gateway.config import connector_factory, load_settings
+from gateway.connector import FetchRequest
+
+CITIZEN = "999990020"  # data everywhere
+GATEWAY_PORT = 18080
+SANDBOX_BASE_PORT = 19101
+
+
+def percentile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+async def wait_for(url: str, session: aiohttp.ClientSession, within: float = 30.0) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        with contextlib.suppress(aiohttp.ClientError):
+            async with session.get(url, ssl=False) as response:
+                if response.status == 200:
+                    return
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+@contextlib.asynccontextmanager
+async def services(env: dict[str, str]) -> AsyncIterator[None]:
+    blauweknop = str(Path(sys.executable).with_name("blauweknop"))
+    procs = [
+        await asyncio.create_subprocess_exec(blauweknop, *args, env=env, stdout=subprocess.DEVNULL)
+        for args in (("sandbox", "serve"), ("serve",))
+    ]
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            await proc.wait()
+
+
+async def closed_loop(
+    clients: int, count: int, call: Callable[[], Awaitable[Any]]
+) -> tuple[list[float], list[Any], float]:
+    """`clients` workers issue `count` calls back to back; returns latencies, results, seconds."""
+    latencies: list[float] = []
+    results: list[Any] = []
+    remaining = count
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            started = time.perf_counter()
+            results.append(await call())
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    return latencies, results, time.perf_counter() - started
+
+
+async def run(quick: bool) -> dict[str, Any]:
+    state = tempfile.mkdtemp(prefix="bk-bench-")
+    env = {
+        **os.environ,
+        "BLAUWEKNOP_STATE_DIR": state,
+        "BLAUWEKNOP_PORT": str(GATEWAY_PORT),
+        "BLAUWEKNOP_SANDBOX_BASE_PORT": str(SANDBOX_BASE_PORT),
+        "BLAUWEKNOP_LOG_LEVEL": "WARNING",
+    }
+    settings = load_settings(None, env)
+    gateway = f"http://127.0.0.1:{GATEWAY_PORT}"
+    sandboxes = {o.connector: o.settings.base_url for o in settings.organisations}
+    report: dict[str, Any] = {}
+    connector = aiohttp.TCPConnector(limit=256)
+    async with services(env), aiohttp.ClientSession(connector=connector) as session:
+        for url in (*sandboxes.values(),):
+            await wait_for(f"{url}/_sandbox/health", session)
+        await wait_for(f"{gateway}/healthz", session)
+
+        async def set_latency(ms: int) -> None:
+            for url in sandboxes.values():
+                async with session.put(
+                    f"{url}/_sandbox/faults", json={"latency_ms": ms}, ssl=False
+                ) as response:
+                    response.raise_for_status()
+
+        async def bundle() -> dict[str, Any]:
+            async with session.post(
+                f"{gateway}/v1/sandbox/bundel", json={"bsn": CITIZEN}
+            ) as response:
+                response.raise_for_status()
+                result: dict[str, Any] = orjson.loads(await response.read())
+                return result
+
+        await set_latency(50)
+        for clients, count in ((1, 100 if quick else 400), (16, 400 if quick else 2000)):
+            await closed_loop(clients, clients * 4, bundle)  # warm up
+            latencies, results, _ = await closed_loop(clients, count, bundle)
+            per_org: dict[str, list[float]] = {}
+            for result in results:
+                for bron in result["bundel"]["bronnen"]:
+                    assert bron["status"] == "ok", bron["status"]
+                    per_org.setdefault(bron["organisatie"]["code"], []).append(
+                        bron["duur_ms"] / 1000
+                    )
+            org_p50 = max(statistics.median(v) for v in per_org.values())
+            org_p99 = max(percentile(v, 99) for v in per_org.values())
+            gw_p50, gw_p99 = statistics.median(latencies), percentile(latencies, 99)
+            report[f"overhead_c{clients}"] = {
+                "requests": count,
+                "gateway_p50_ms": round(gw_p50 * 1000, 1),
+                "gateway_p99_ms": round(gw_p99 * 1000, 1),
+                "slowest_org_p50_ms": round(org_p50 * 1000, 1),
+                "slowest_org_p99_ms": round(org_p99 * 1000, 1),
+                "ratio_p50": round(gw_p50 / org_p50, 3),
+                "ratio_p99": round(gw_p99 / org_p99, 3),
+            }
+
+        await set_latency(0)
+        connectors = [connector_factory(o.connector)(o.settings) for o in settings.organisations]
+
+        async def bare() -> None:
+            request = FetchRequest(CITIZEN, "bench-bare-client", session)
+            await asyncio.gather(*(c.fetch(request) for c in connectors))
+
+        total = 500 if quick else 3000
+        for name, call in (("gateway", bundle), ("bare_client", bare)):
+            await closed_loop(16, 64, call)  # warm up
+            _, _, seconds = await closed_loop(16, total, call)
+            report[f"throughput_{name}_per_s"] = round(total / seconds, 1)
+        report["throughput_ratio"] = round(
+            report["throughput_gateway_per_s"] / report["throughput_bare_client_per_s"], 3
+        )
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer requests, for a smoke run")
+    args = parser.parse_args()
+    report = asyncio.run(run(args.quick))
+    sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+if __name__ == "__main__":
+    main()
