@@ -1,0 +1,177 @@
+"""The embedded store: SQLite in WAL mode with full sync, on a thread of its own.
+
+Appends from concurrent requests are group-committed: while one transaction is being synced,
+new records queue up and go into the next one, so each request still waits for its own records
+to be on disk, but the disk syncs once per batch rather than once per event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gateway.store import OutboxRecord, StoreUnavailable
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    key TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    sent INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox (seq) WHERE sent = 0;
+CREATE TABLE IF NOT EXISTS kv (
+    namespace TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value BLOB NOT NULL,
+    expires REAL NOT NULL,
+    PRIMARY KEY (namespace, key)
+);
+"""
+
+
+class SqliteStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="sqlite-store")
+        self._conn: sqlite3.Connection | None = None
+        self._pending: list[tuple[Sequence[OutboxRecord], asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(cls, path: Path) -> SqliteStore:
+        store = cls(path)
+        await store._run(store._connect)
+        return store
+
+    def _connect(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: every commit is synced, so an acknowledged event survives a power cut.
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.executescript(_SCHEMA)
+        self._conn = conn
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreUnavailable("the store is closed")
+        return self._conn
+
+    async def append(self, records: Sequence[OutboxRecord]) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((records, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        await future
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                await self._run(self._insert, [r for records, _ in batch for r in records])
+            except (sqlite3.Error, OSError, StoreUnavailable) as exc:
+                error = StoreUnavailable(f"audit outbox could not be written: {exc}")
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+            else:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _insert(self, records: list[OutboxRecord]) -> None:
+        with self._transaction() as conn:
+            conn.executemany(
+                "INSERT INTO outbox (event_id, key, payload) VALUES (?, ?, ?)",
+                [(r.event_id, r.key, r.payload) for r in records],
+            )
+
+    async def unsent(self, limit: int) -> Sequence[OutboxRecord]:
+        rows = await self._run(
+            self._query,
+            "SELECT event_id, key, payload, seq FROM outbox WHERE sent = 0 ORDER BY seq LIMIT ?",
+            (limit,),
+        )
+        return [OutboxRecord(r[0], r[1], r[2], r[3]) for r in rows]
+
+    async def mark_sent(self, seqs: Sequence[int]) -> None:
+        await self._run(
+            self._execute_many, "UPDATE outbox SET sent = 1 WHERE seq = ?", [(s,) for s in seqs]
+        )
+
+    async def backlog(self) -> int:
+        rows = await self._run(self._query, "SELECT count(*) FROM outbox WHERE sent = 0", ())
+        return int(rows[0][0])
+
+    async def put_new(self, namespace: str, key: str, value: bytes, ttl: float) -> bool:
+        return bool(await self._run(self._put_new, namespace, key, value, ttl))
+
+    def _put_new(self, namespace: str, key: str, value: bytes, ttl: float) -> bool:
+        now = time.time()
+        with self._transaction() as conn:
+            conn.execute(
+                "DELETE FROM kv WHERE namespace = ? AND key = ? AND expires <= ?",
+                (namespace, key, now),
+            )
+            cursor = conn.execute(
+                "INSERT OR IGNORE INTO kv (namespace, key, value, expires) VALUES (?, ?, ?, ?)",
+                (namespace, key, value, now + ttl),
+            )
+        return cursor.rowcount == 1
+
+    async def take(self, namespace: str, key: str) -> bytes | None:
+        rows = await self._run(
+            self._query,
+            "DELETE FROM kv WHERE namespace = ? AND key = ? AND expires > ? RETURNING value",
+            (namespace, key, time.time()),
+        )
+        return bytes(rows[0][0]) if rows else None
+
+    async def get(self, namespace: str, key: str) -> bytes | None:
+        rows = await self._run(
+            self._query,
+            "SELECT value FROM kv WHERE namespace = ? AND key = ? AND expires > ?",
+            (namespace, key, time.time()),
+        )
+        return bytes(rows[0][0]) if rows else None
+
+    def _query(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        return self.conn.execute(sql, params).fetchall()
+
+    def _execute_many(self, sql: str, params: list[tuple[Any, ...]]) -> None:
+        with self._transaction() as conn:
+            conn.executemany(sql, params)
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            await self._flusher
+        if self._conn is not None:
+            await self._run(self._conn.close)
+            self._conn = None
+        self._executor.shutdown(wait=True)
