@@ -31,6 +31,7 @@ ISSUER = web.AppKey("issuer", BundleIssuer)
 KEYS = web.AppKey("keys", KeyRing)
 METRICS = web.AppKey("metrics", Metrics)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
+TRANSACTIE_ID = web.RequestKey("transactie_id", str)
 
 JOSE = "application/jose"
 JSON = "application/json"
@@ -86,7 +87,7 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
 @web.middleware
 async def _transaction_and_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     tx = str(uuid.uuid4())
-    request["transactie_id"] = tx
+    request[TRANSACTIE_ID] = tx
     token = logs.transaction_id.set(tx)
     try:
         response = await handler(request)
@@ -165,7 +166,7 @@ async def _sandbox_bundel(request: web.Request) -> web.Response:
     metrics = request.app[METRICS]
     signed = await request.app[ISSUER].issue(
         bsn=bsn,
-        transactie_id=request["transactie_id"],
+        transactie_id=request[TRANSACTIE_ID],
         session=request.app[SESSION],
         selected=organisaties,
     )

@@ -13,12 +13,14 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import aiohttp
+import orjson
 
 from gateway.breaker import CircuitBreaker
 from gateway.connector import Connector, FetchRequest, SourceData
-from gateway.errors import SourceError
+from gateway.errors import SchemaViolation, SourceError
 from gateway.metrics import Metrics
 from gateway.models import Bron, BronStatus, Organisatie
+from gateway.schema import validate_gegevens
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +104,8 @@ class Fanout:
         try:
             async with asyncio.timeout_at(deadline):
                 data = await connector.fetch(request)
+            # One organisation's odd data must cost only that source, not the whole bundle.
+            validate_gegevens(orjson.loads(orjson.dumps(data.gegevens)))
             status: BronStatus = "geen_gegevens" if data.gegevens.is_empty else "ok"
         except TimeoutError:
             status = "time-out"
@@ -109,6 +113,9 @@ class Fanout:
         except SourceError as exc:
             status = exc.status
             log.warning("source failed: %s", exc, extra={"org": org.code, "status": status})
+        except SchemaViolation as exc:
+            status, data = "ongeldig", None
+            log.error("connector mapped to invalid data: %s", exc, extra={"org": org.code})
         except Exception:
             # A bug in one connector must not cost the citizen the other organisations' data.
             status = "ongeldig"

@@ -54,7 +54,13 @@ async def run_gateway(settings: Settings, *, with_sandboxes: bool) -> None:
     if with_sandboxes:
         sandboxes = await start_sandboxes(settings)
         runners.extend(s.runner for s in sandboxes)
-    runner, port = await serve_app(create_app(settings), host=settings.host, port=settings.port)
+    # In-flight bundles are bounded by the fan-out deadline; let them finish on shutdown.
+    runner, port = await serve_app(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        shutdown_timeout=settings.deadline_seconds + 5,
+    )
     runners.append(runner)
     base = f"http://{settings.host}:{port}"
     print(_banner(settings, base, with_sandboxes), flush=True)

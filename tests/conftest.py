@@ -15,6 +15,7 @@ from aiohttp import web
 from connectors._sandbox.runner import RunningSandbox, serve_app
 from gateway.app import create_app
 from gateway.config import Settings, sandbox_organisation_table, settings_from_mapping
+from gateway.connector import client_tls
 from gateway.pki import DevPki
 from gateway.serve import start_sandboxes
 
@@ -42,8 +43,12 @@ class Stack:
     session: aiohttp.ClientSession
 
     async def set_faults(self, org: str, **knobs: Any) -> None:
+        # UWV's sandbox wants our client certificate on every connection, control routes too.
+        settings = next(o.settings for o in self.settings.organisations if o.connector == org)
         async with self.session.put(
-            f"{self.sandboxes[org].url}/_sandbox/faults", json=knobs, ssl=False
+            f"{self.sandboxes[org].url}/_sandbox/faults",
+            json=knobs,
+            ssl=client_tls(settings) or True,
         ) as response:
             assert response.status == 200, await response.text()
 

@@ -7,11 +7,14 @@ import logging
 import time
 from pathlib import Path
 
+import aiohttp
 import orjson
 import pytest
 
 from connectors._sandbox import CITIZENS
-from gateway.config import connector_factory, settings_from_mapping
+from connectors._sandbox.runner import serve_app
+from gateway.app import create_app
+from gateway.config import connector_factory, sandbox_organisation_table, settings_from_mapping
 from gateway.errors import ConfigError
 from gateway.logs import JsonFormatter
 from gateway.pki import DevPki
@@ -224,40 +227,30 @@ async def test_logs_and_metrics_never_show_the_bsn(
         assert EVERYWHERE not in await response.text()
 
 
-async def test_production_mode_has_no_sandbox_route(state_dir: Path, pki: DevPki) -> None:
+async def test_production_mode_has_no_sandbox_route(pki: DevPki) -> None:
     seal = pki.identity(pki.seal_names()[-1])
-    production = {
-        "mode": "production",
-        "signing": {"key": str(seal.key), "chain": str(seal.chain)},
-    }
-    # The sandbox organisations are plain http, which production refuses:
-    stack, runners = await start_stack(state_dir, pki)
-    try:
-        table = {
-            name: {**entry, "url": entry["url"].replace("http://", "https://")}
-            for name, entry in (
-                (
-                    o.connector,
-                    {"url": o.settings.base_url, "trust_cert": str(o.settings.trust_cert)},
-                )
-                for o in stack.settings.organisations
-            )
+    settings = settings_from_mapping(
+        {
+            "mode": "production",
+            "signing": {"key": str(seal.key), "chain": str(seal.chain)},
+            "organisations": sandbox_organisation_table(
+                pki, {org: f"https://{org}.invalid" for org in ORGS}
+            ),
         }
-        settings = settings_from_mapping({**production, "organisations": table})
-        from connectors._sandbox.runner import serve_app
-        from gateway.app import create_app
-
-        runner, port = await serve_app(create_app(settings))
-        runners.append(runner)
-        async with stack.session.post(
-            f"http://127.0.0.1:{port}/v1/sandbox/bundel", json={"bsn": EVERYWHERE}
-        ) as response:
-            assert response.status in (404, 405)
-            assert EVERYWHERE not in await response.text()
+    )
+    runner, port = await serve_app(create_app(settings))
+    try:
+        async with aiohttp.ClientSession() as session:
+            for method, path in (("POST", "/v1/sandbox/bundel"), ("GET", "/")):
+                async with session.request(
+                    method, f"http://127.0.0.1:{port}{path}", json={"bsn": EVERYWHERE}
+                ) as response:
+                    assert response.status in (404, 405), path
+                    assert EVERYWHERE not in await response.text()
+            async with session.get(f"http://127.0.0.1:{port}/.well-known/jwks.json") as response:
+                assert response.status == 200
     finally:
-        await stack.session.close()
-        for runner in runners:
-            await runner.cleanup()
+        await runner.cleanup()
 
 
 def test_production_refuses_unsafe_configuration(pki: DevPki) -> None:

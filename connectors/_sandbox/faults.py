@@ -66,9 +66,7 @@ def install_faults(app: web.Application, initial: Faults | None = None) -> None:
 
 
 @web.middleware
-async def _fault_middleware(
-    request: web.Request, handler: Handler
-) -> web.StreamResponse:
+async def _fault_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path.startswith(CONTROL_PREFIX):
         return await handler(request)
     faults = request.app[FAULTS]
@@ -123,12 +121,13 @@ async def _put_faults(request: web.Request) -> web.Response:
         fresh.update(values)
     except (orjson.JSONDecodeError, ValueError) as exc:
         return web.json_response({"error": str(exc)}, status=400)
-    request.app[FAULTS] = fresh
+    # Change the app's object in place: replacing app state after start-up is deprecated.
+    request.app[FAULTS].update(asdict(fresh))
     return await _get_faults(request)
 
 
 async def _reset_faults(request: web.Request) -> web.Response:
-    request.app[FAULTS] = Faults()
+    request.app[FAULTS].update(asdict(Faults()))
     return await _get_faults(request)
 
 

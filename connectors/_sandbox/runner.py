@@ -46,9 +46,13 @@ async def serve_app(
     host: str = "127.0.0.1",
     port: int = 0,
     ssl_context: ssl.SSLContext | None = None,
+    shutdown_timeout: float = 0.5,
 ) -> tuple[web.AppRunner, int]:
     """Serve an app on a real socket; port 0 picks a free one. Returns the runner and port."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # Short by default: the `hang` fault keeps responses open that nobody will finish.
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     await site.start()

@@ -21,16 +21,29 @@ def schema_bytes() -> bytes:
 
 
 @cache
-def _validator() -> Any:
-    return jsonschema_rs.Draft202012Validator(orjson.loads(schema_bytes()))
+def _validator(definition: str | None) -> Any:
+    """A validator for the whole bundle, or for one of the schema's `$defs`."""
+    schema = orjson.loads(schema_bytes())
+    if definition is not None:
+        schema = {"$defs": schema["$defs"], "$ref": f"#/$defs/{definition}"}
+    return jsonschema_rs.Draft202012Validator(schema)
 
 
 def validate_bundel(document: Any) -> None:
+    _validate(document, None, "bundle")
+
+
+def validate_gegevens(document: Any) -> None:
+    """Check one organisation's mapped data before it joins a bundle."""
+    _validate(document, "gegevens", "source data")
+
+
+def _validate(document: Any, definition: str | None, what: str) -> None:
     """Raise SchemaViolation naming the first few problems by path and rule.
 
     The message leaves out the offending values: they may be personal data.
     """
-    validator = _validator()
+    validator = _validator(definition)
     if validator.is_valid(document):
         return
     problems = [
@@ -38,4 +51,4 @@ def validate_bundel(document: Any) -> None:
         f"{'/'.join(str(p) for p in error.schema_path)}"
         for _, error in zip(range(_MAX_REPORTED), validator.iter_errors(document), strict=False)
     ]
-    raise SchemaViolation("bundle does not match schema v1: " + "; ".join(problems))
+    raise SchemaViolation(f"{what} does not match schema v1: " + "; ".join(problems))

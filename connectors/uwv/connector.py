@@ -1,0 +1,99 @@
+"""The UWV connector: a WUS request over two-sided TLS, a WS-Security signed SOAP answer."""
+
+from __future__ import annotations
+
+import uuid
+
+from connectors.uwv.mapping import map_antwoord
+from connectors.uwv.soap import (
+    ACTION_VRAAG,
+    MEDIA_TYPE,
+    SERVICE_PATH,
+    SignedAnswer,
+    build_request,
+    describe_fault,
+    verify_response,
+)
+from gateway.connector import (
+    ConnectorSettings,
+    FetchRequest,
+    SourceData,
+    certificate_key_id,
+    client_timeout,
+    client_tls,
+    load_certificate,
+    make_herkomst,
+    read_limited,
+    transport_errors,
+)
+from gateway.errors import ConfigError, SourceInvalid, SourceUnreachable
+from gateway.models import Contactoptie, Gegevens
+
+
+class UwvConnector:
+    """Asks UWV's VraagInkomensEnVorderingen service about one citizen."""
+
+    def __init__(self, settings: ConnectorSettings, contactopties: tuple[Contactoptie, ...]):
+        tls = client_tls(settings)
+        if tls is None or settings.client_key is None:
+            raise ConfigError(
+                "UWV needs two-sided TLS (Digikoppeling): set client_cert and client_key"
+            )
+        if not settings.base_url.startswith("https://"):
+            raise ConfigError("UWV is reached over https only (Digikoppeling two-sided TLS)")
+        self.organisatie = settings.organisatie
+        self.contactopties = contactopties
+        self._settings = settings
+        self._tls = tls
+        self._endpoint = settings.base_url.rstrip("/") + SERVICE_PATH
+        self._trusted = load_certificate(settings.trust_cert)
+        self._sleutel_id = certificate_key_id(self._trusted)
+
+    async def fetch(self, request: FetchRequest) -> SourceData:
+        message_id = f"urn:uuid:{uuid.uuid4()}"
+        envelope = build_request(
+            to=self._endpoint,
+            message_id=message_id,
+            transactie_id=request.transactie_id,
+            bsn=request.bsn,
+        )
+        headers = {
+            "Content-Type": f"{MEDIA_TYPE}; charset=utf-8",
+            "SOAPAction": f'"{ACTION_VRAAG}"',
+            "X-Transactie-Id": request.transactie_id,
+        }
+        with transport_errors(self.organisatie):
+            async with request.session.post(
+                self._endpoint,
+                data=envelope,
+                headers=headers,
+                timeout=client_timeout(self._settings),
+                ssl=self._tls,
+            ) as response:
+                raw = await read_limited(response, self._settings.max_body_bytes)
+                status = response.status
+        if status >= 500:
+            raise SourceUnreachable(f"UWV answered HTTP {status} ({describe_fault(raw)})")
+        if status != 200:
+            raise SourceInvalid(f"UWV answered with unexpected HTTP status {status}")
+        answer = verify_response(raw, self._trusted)
+        self._check_belongs_to(answer, request, message_id)
+        return SourceData(
+            map_antwoord(answer.antwoord),
+            make_herkomst(
+                raw, media_type=MEDIA_TYPE, handtekening="wss-xmldsig", sleutel_id=self._sleutel_id
+            ),
+        )
+
+    def verify(self, raw: bytes) -> Gegevens:
+        return map_antwoord(verify_response(raw, self._trusted).antwoord)
+
+    @staticmethod
+    def _check_belongs_to(answer: SignedAnswer, request: FetchRequest, message_id: str) -> None:
+        # A validly signed answer to another request (a replay, or a mix-up) must not be used.
+        if answer.relates_to != message_id:
+            raise SourceInvalid("UWV's answer relates to another request (wsa:RelatesTo)")
+        if answer.transactie_id != request.transactie_id:
+            raise SourceInvalid("UWV's answer carries another transaction id")
+        if answer.bsn != request.bsn:
+            raise SourceInvalid("UWV's answer is about another citizen")
