@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import ssl
 import statistics
 import subprocess
 import sys
@@ -31,7 +32,7 @@ import aiohttp
 import orjson
 
 from gateway.config import connector_factory, load_settings
-from gateway.connector import FetchRequest
+from gateway.connector import FetchRequest, client_tls
 
 CITIZEN = "999990020"  # data everywhere
 GATEWAY_PORT = 18080
@@ -42,11 +43,13 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
-async def wait_for(url: str, session: aiohttp.ClientSession, within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
+async def wait_for(
+    url: str, session: aiohttp.ClientSession, tls: ssl.SSLContext | None = None
+) -> None:
+    deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         with contextlib.suppress(aiohttp.ClientError):
-            async with session.get(url, ssl=False) as response:
+            async with session.get(url, ssl=tls or True) as response:
                 if response.status == 200:
                     return
         await asyncio.sleep(0.1)
@@ -101,18 +104,20 @@ async def run(quick: bool) -> dict[str, Any]:
     }
     settings = load_settings(None, env)
     gateway = f"http://127.0.0.1:{GATEWAY_PORT}"
-    sandboxes = {o.connector: o.settings.base_url for o in settings.organisations}
+    sandboxes = [o.settings for o in settings.organisations]
     report: dict[str, Any] = {}
     connector = aiohttp.TCPConnector(limit=256)
     async with services(env), aiohttp.ClientSession(connector=connector) as session:
-        for url in (*sandboxes.values(),):
-            await wait_for(f"{url}/_sandbox/health", session)
+        for org in sandboxes:
+            await wait_for(f"{org.base_url}/_sandbox/health", session, client_tls(org))
         await wait_for(f"{gateway}/healthz", session)
 
         async def set_latency(ms: int) -> None:
-            for url in sandboxes.values():
+            for org in sandboxes:
                 async with session.put(
-                    f"{url}/_sandbox/faults", json={"latency_ms": ms}, ssl=False
+                    f"{org.base_url}/_sandbox/faults",
+                    json={"latency_ms": ms},
+                    ssl=client_tls(org) or True,
                 ) as response:
                     response.raise_for_status()
 
