@@ -173,3 +173,15 @@ def verify_source_jws(raw: bytes, cert: x509.Certificate) -> bytes:
         return jws.verify_es256(raw, cert.public_key()).payload
     except VerificationError as exc:
         raise SourceInvalid(f"signature check failed: {exc}") from exc
+
+
+def check_answers_request(
+    organisatie: Organisatie, request: FetchRequest, *, transactie_id: str, bsn: str | None
+) -> None:
+    """A signed answer must name the request it answers: this refuses replays and mix-ups."""
+    if transactie_id != request.transactie_id:
+        raise SourceInvalid(
+            f"{organisatie.naam} answered for another transaction (a replayed answer?)"
+        )
+    if bsn is not None and bsn != request.bsn:
+        raise SourceInvalid(f"{organisatie.naam} answered about another citizen")

@@ -19,9 +19,8 @@ class SandboxSpec:
     """How to run one organisation's sandbox; each `connectors/<org>/sandbox.py` has `SANDBOX`."""
 
     org: str
-    default_port: int
     create_app: Callable[[DevPki], web.Application]
-    server_tls: Callable[[DevPki], ssl.SSLContext | None]
+    server_tls: Callable[[DevPki], ssl.SSLContext] | None = None
     scheme: str = "http"
 
 
@@ -63,14 +62,15 @@ async def serve_app(
 
 
 async def start_sandbox(
-    org: str, pki: DevPki, *, host: str = "127.0.0.1", port: int | None = None
+    org: str, pki: DevPki, *, host: str = "127.0.0.1", port: int = 0
 ) -> RunningSandbox:
+    """Start one organisation's sandbox; port 0 picks a free one."""
     s = spec(org)
     app = s.create_app(pki)
     runner, bound = await serve_app(
         app,
         host=host,
-        port=s.default_port if port is None else port,
-        ssl_context=s.server_tls(pki),
+        port=port,
+        ssl_context=s.server_tls(pki) if s.server_tls else None,
     )
     return RunningSandbox(org, f"{s.scheme}://{host}:{bound}", runner, app)

@@ -11,6 +11,7 @@ from gateway.connector import (
     FetchRequest,
     SourceData,
     certificate_key_id,
+    check_answers_request,
     client_timeout,
     load_certificate,
     make_herkomst,
@@ -18,7 +19,7 @@ from gateway.connector import (
     transport_errors,
     verify_source_jws,
 )
-from gateway.errors import SourceInvalid, SourceUnreachable
+from gateway.errors import SourceUnreachable
 from gateway.models import Contactoptie, Gegevens
 
 MEDIA_TYPE = "application/jose"
@@ -44,10 +45,9 @@ class CakConnector:
             raw = await self._retrieve(request)
         overzicht = self._read(raw)
         # The signed answer names the request it answers, so a replayed answer is refused.
-        if overzicht.transactie_id != request.transactie_id:
-            raise SourceInvalid(f"{self.organisatie.naam} answered for another transaction id")
-        if overzicht.bsn != request.bsn:
-            raise SourceInvalid(f"{self.organisatie.naam} answered for another citizen")
+        check_answers_request(
+            self.organisatie, request, transactie_id=overzicht.transactie_id, bsn=overzicht.bsn
+        )
         return SourceData(
             overzicht.gegevens,
             make_herkomst(

@@ -7,13 +7,11 @@ compact JWS. Tokens live in the app (`TOKENS`), so tests can revoke or expire th
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hmac
 import re
 import secrets
-import ssl
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,7 +23,6 @@ from zoneinfo import ZoneInfo
 
 import orjson
 from aiohttp import web
-from aiohttp.typedefs import Handler
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -70,7 +67,6 @@ class _State:
 
 
 _STATE = web.AppKey("cak_state", _State)
-_IN_FLIGHT = web.AppKey("cak_in_flight", set[asyncio.Task[Any]])
 
 
 def create_app(pki: DevPki) -> web.Application:
@@ -86,39 +82,14 @@ def create_app(pki: DevPki) -> web.Application:
         records=records,
     )
     app[TOKENS] = {}
-    app[_IN_FLIGHT] = set()
-    # Outermost, so a request stalled by the `hang` or `latency_ms` knob is cancelled on stop
-    # instead of holding up the shutdown for aiohttp's 60 s grace period.
-    app.middlewares.append(_track_in_flight)
-    app.on_shutdown.append(_cancel_in_flight)
     install_faults(app)
     app.router.add_post(OAUTH2_ENDPOINT, _token)
     app.router.add_post(OVERZICHT_PATH, _overzicht)
     return app
 
 
-@web.middleware
-async def _track_in_flight(request: web.Request, handler: Handler) -> web.StreamResponse:
-    task = asyncio.current_task()
-    assert task is not None
-    in_flight = request.app[_IN_FLIGHT]
-    in_flight.add(task)
-    try:
-        return await handler(request)
-    finally:
-        in_flight.discard(task)
-
-
-async def _cancel_in_flight(app: web.Application) -> None:
-    for task in app[_IN_FLIGHT]:
-        task.cancel()
-
-
-def _no_tls(pki: DevPki) -> ssl.SSLContext | None:
-    return None  # CAK's sandbox speaks plain HTTP; the answers carry their own signature.
-
-
-SANDBOX = SandboxSpec(org="cak", default_port=9103, create_app=create_app, server_tls=_no_tls)
+# Plain HTTP: the answers carry their own signature.
+SANDBOX = SandboxSpec(org="cak", create_app=create_app)
 
 
 def _signer(key: ec.EllipticCurvePrivateKey, chain: list[x509.Certificate]) -> _Signer:

@@ -21,6 +21,7 @@ from gateway.connector import (
     FetchRequest,
     SourceData,
     certificate_key_id,
+    check_answers_request,
     client_timeout,
     load_certificate,
     make_herkomst,
@@ -92,10 +93,9 @@ class DuoConnector:
                 raw = await read_limited(response, self._settings.max_body_bytes)
         antwoord = self._verify(raw)
         # Binding the signed answer to this request stops replays and mix-ups.
-        if antwoord.transactie_id != request.transactie_id:
-            raise SourceInvalid(f"{naam} answered for another transaction")
-        if antwoord.bsn != request.bsn:
-            raise SourceInvalid(f"{naam} answered about another citizen")
+        check_answers_request(
+            self.organisatie, request, transactie_id=antwoord.transactie_id, bsn=antwoord.bsn
+        )
         return SourceData(
             antwoord.gegevens,
             make_herkomst(

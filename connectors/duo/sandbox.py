@@ -58,9 +58,7 @@ def create_app(pki: DevPki) -> web.Application:
     return app
 
 
-SANDBOX = SandboxSpec(
-    org="duo", default_port=9101, create_app=create_app, server_tls=lambda _pki: None
-)
+SANDBOX = SandboxSpec(org="duo", create_app=create_app)
 
 
 async def _overzicht(request: web.Request) -> web.Response:

@@ -17,6 +17,7 @@ from gateway.connector import (
     FetchRequest,
     SourceData,
     certificate_key_id,
+    check_answers_request,
     client_timeout,
     client_tls,
     load_certificate,
@@ -84,8 +85,9 @@ class GemeenteConnector:
         if content_type != MEDIA_TYPE:
             raise SourceInvalid(f"{naam} answered {content_type!r}, not a signed {MEDIA_TYPE}")
         overzicht = self._open(raw)
-        if overzicht.transactie_id != request.transactie_id:
-            raise SourceInvalid(f"{naam} answered for another transaction (a replayed answer?)")
+        check_answers_request(
+            self.organisatie, request, transactie_id=overzicht.transactie_id, bsn=None
+        )
         herkomst = make_herkomst(
             raw, media_type=MEDIA_TYPE, handtekening="jws", sleutel_id=self._sleutel_id
         )

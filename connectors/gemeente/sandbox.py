@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import re
-import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -87,13 +86,7 @@ def create_app(pki: DevPki, *, gemeentecode: str = DEFAULT_GEMEENTECODE) -> web.
     return app
 
 
-def _no_tls(pki: DevPki) -> ssl.SSLContext | None:
-    return None
-
-
-SANDBOX: Final = SandboxSpec(
-    org="gemeente", default_port=9104, create_app=create_app, server_tls=_no_tls
-)
+SANDBOX: Final = SandboxSpec(org="gemeente", create_app=create_app)
 
 
 def is_valid_bsn(bsn: str) -> bool:

@@ -19,6 +19,7 @@ from gateway.connector import (
     FetchRequest,
     SourceData,
     certificate_key_id,
+    check_answers_request,
     client_timeout,
     client_tls,
     load_certificate,
@@ -88,12 +89,12 @@ class UwvConnector:
     def verify(self, raw: bytes) -> Gegevens:
         return map_antwoord(verify_response(raw, self._trusted).antwoord)
 
-    @staticmethod
-    def _check_belongs_to(answer: SignedAnswer, request: FetchRequest, message_id: str) -> None:
+    def _check_belongs_to(
+        self, answer: SignedAnswer, request: FetchRequest, message_id: str
+    ) -> None:
         # A validly signed answer to another request (a replay, or a mix-up) must not be used.
         if answer.relates_to != message_id:
             raise SourceInvalid("UWV's answer relates to another request (wsa:RelatesTo)")
-        if answer.transactie_id != request.transactie_id:
-            raise SourceInvalid("UWV's answer carries another transaction id")
-        if answer.bsn != request.bsn:
-            raise SourceInvalid("UWV's answer is about another citizen")
+        check_answers_request(
+            self.organisatie, request, transactie_id=answer.transactie_id, bsn=answer.bsn
+        )

@@ -7,7 +7,6 @@ echoes the request's wsa:MessageID (as wsa:RelatesTo) and transaction id.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import ssl
 import uuid
@@ -16,7 +15,6 @@ from pathlib import Path
 from typing import Any, Final
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
@@ -43,7 +41,6 @@ TESTDATA: Final = Path(__file__).with_name("testdata.json")
 
 _SIGNER = web.AppKey("uwv_signer", tuple[rsa.RSAPrivateKey, x509.Certificate])
 _ANTWOORDEN = web.AppKey("uwv_antwoorden", dict[str, bytes])
-_IN_FLIGHT = web.AppKey("uwv_in_flight", set[asyncio.Task[Any]])
 
 
 def _append(parent: etree._Element, name: str, value: Any) -> None:
@@ -108,31 +105,12 @@ async def _vraag(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type=MEDIA_TYPE, charset="utf-8")
 
 
-@web.middleware
-async def _track_in_flight(request: web.Request, handler: Handler) -> web.StreamResponse:
-    task = asyncio.current_task()
-    assert task is not None
-    request.app[_IN_FLIGHT].add(task)
-    try:
-        return await handler(request)
-    finally:
-        request.app[_IN_FLIGHT].discard(task)
-
-
-async def _abandon_in_flight(app: web.Application) -> None:
-    # The `hang` knob stalls a request for an hour; aiohttp would wait 60 s for it on shutdown.
-    for task in app[_IN_FLIGHT]:
-        task.cancel()
-
-
 def create_app(pki: DevPki) -> web.Application:
     identity = pki.identity("uwv-sign")
     key = load_pem_private_key(identity.key.read_bytes(), password=None)
     assert isinstance(key, rsa.RSAPrivateKey)
     records: dict[str, dict[str, Any]] = json.loads(TESTDATA.read_text(encoding="utf-8"))
-    app = web.Application(client_max_size=64 * 1024, middlewares=[_track_in_flight])
-    app[_IN_FLIGHT] = set()
-    app.on_shutdown.append(_abandon_in_flight)
+    app = web.Application(client_max_size=64 * 1024)
     app[_SIGNER] = (key, load_certificate(identity.cert))
     app[_ANTWOORDEN] = {
         c.bsn: render_antwoord(c.bsn, records[c.bsn]) for c in CITIZENS if "uwv" in c.holders
@@ -152,6 +130,4 @@ def server_tls(pki: DevPki) -> ssl.SSLContext:
     return context
 
 
-SANDBOX = SandboxSpec(
-    org="uwv", default_port=9102, create_app=create_app, server_tls=server_tls, scheme="https"
-)
+SANDBOX = SandboxSpec(org="uwv", create_app=create_app, server_tls=server_tls, scheme="https")

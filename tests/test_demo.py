@@ -1,0 +1,76 @@
+"""The README's demo stack, started as a newcomer would: `blauweknop up` in its own process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import orjson
+import pytest
+
+from connectors._sandbox import CITIZENS
+
+BLAUWEKNOP = str(Path(sys.executable).with_name("blauweknop"))
+
+
+def free_ports(count: int) -> int:
+    """A base port with `count` consecutive free ports after it."""
+    for base in range(21000, 40000, 17):
+        try:
+            for port in range(base, base + count):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free ports")
+
+
+def test_citizens_command_lists_every_test_citizen() -> None:
+    out = subprocess.run(
+        [BLAUWEKNOP, "sandbox", "citizens", "--json"], capture_output=True, check=True
+    )
+    listed = orjson.loads(out.stdout)
+    assert [c["bsn"] for c in listed] == [c.bsn for c in CITIZENS]
+    assert all(c["scenario"] and c["scenario_en"] for c in listed)
+
+
+@pytest.mark.slow
+def test_demo_stack_serves_a_bundle_and_stops_cleanly(tmp_path: Path) -> None:
+    base = free_ports(5)
+    env = {
+        **os.environ,
+        "BLAUWEKNOP_STATE_DIR": str(tmp_path / "state"),
+        "BLAUWEKNOP_PORT": str(base + 4),
+        "BLAUWEKNOP_SANDBOX_BASE_PORT": str(base),
+    }
+    demo = subprocess.Popen(
+        [BLAUWEKNOP, "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert demo.stdout is not None
+        banner = demo.stdout.readline()
+        assert "listening on" in banner, banner + (demo.stderr.read() if demo.stderr else "")
+        gateway = f"http://127.0.0.1:{base + 4}"
+        request = urllib.request.Request(
+            f"{gateway}/v1/sandbox/bundel",
+            data=orjson.dumps({"bsn": "999990020"}),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            bronnen = orjson.loads(response.read())["bundel"]["bronnen"]
+        assert {b["status"] for b in bronnen} == {"ok"}
+        with urllib.request.urlopen(f"{gateway}/", timeout=10) as response:
+            assert "Citlali Bakker" in response.read().decode()
+    finally:
+        demo.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        code = demo.wait(30)
+    assert code == 0
+    assert time.monotonic() - started < 15
