@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -16,13 +17,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from connectors._sandbox import CITIZENS
 from gateway import logs
+from gateway.audit import AuditTrail, PseudonymKey
 from gateway.bsn import is_bsn
 from gateway.bundle import BundleIssuer
 from gateway.config import Settings, connector_factory, load_keys
 from gateway.fanout import Fanout
 from gateway.metrics import Metrics
 from gateway.schema import SCHEMA_FILE, schema_bytes
-from gateway.sign import KeyRing
+from gateway.sign import KeyRing, SignedBundel
+from gateway.store import StoreUnavailable
+from gateway.store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +35,7 @@ ISSUER = web.AppKey("issuer", BundleIssuer)
 KEYS = web.AppKey("keys", KeyRing)
 METRICS = web.AppKey("metrics", Metrics)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
+AUDIT = web.AppKey("audit", AuditTrail)
 TRANSACTIE_ID = web.RequestKey("transactie_id", str)
 
 JOSE = "application/jose"
@@ -65,6 +70,7 @@ def create_app(settings: Settings, keys: KeyRing | None = None) -> web.Applicati
     app[METRICS] = metrics
     app[ISSUER] = BundleIssuer(fanout, keys, settings.uitgever, metrics)
     app.cleanup_ctx.append(_client_session)
+    app.cleanup_ctx.append(_audit_trail)
     app.router.add_get("/.well-known/jwks.json", _jwks)
     app.router.add_get(f"/schema/{SCHEMA_FILE}", _schema)
     app.router.add_get("/healthz", _healthz)
@@ -82,6 +88,46 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
     async with aiohttp.ClientSession(connector=connector, raise_for_status=False) as session:
         app[SESSION] = session
         yield
+
+
+async def _audit_trail(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    key = (
+        PseudonymKey.from_file(settings.pseudonym_key_file)
+        if settings.pseudonym_key_file
+        else PseudonymKey.development(settings.state_dir)
+    )
+    store = await SqliteStore.open(settings.store_path)
+    app[AUDIT] = AuditTrail(store, key, settings.uitgever)
+    try:
+        yield
+    finally:
+        await store.close()
+
+
+async def release(
+    request: web.Request, signed: SignedBundel, body: bytes, content_type: str, formaat: str
+) -> web.Response:
+    """Hand out a bundle only once its audit record is durably stored; otherwise 503."""
+    try:
+        await request.app[AUDIT].bundle_issued(
+            transactie_id=request[TRANSACTIE_ID],
+            bsn=signed.bundel.bsn,
+            bundel_id=signed.bundel.bundel_id,
+            canonical_sha256=hashlib.sha256(signed.canonical).hexdigest(),
+            formats={formaat: hashlib.sha256(body).hexdigest()},
+            bronnen=signed.bundel.bronnen,
+        )
+    except StoreUnavailable:
+        log.exception("audit record not stored; bundle withheld")
+        request.app[METRICS].bundles.labels("withheld_no_evidence").inc()
+        return problem(
+            503,
+            "Tijdelijk niet beschikbaar",
+            "The audit record could not be stored, so no data is released. Try again later.",
+        )
+    request.app[METRICS].bundles.labels("issued").inc()
+    return web.Response(body=body, content_type=content_type)
 
 
 @web.middleware
@@ -133,7 +179,12 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _readyz(request: web.Request) -> web.Response:
-    ready = SESSION in request.app and not request.app[SESSION].closed
+    ready = (
+        SESSION in request.app
+        and not request.app[SESSION].closed
+        and AUDIT in request.app
+        and request.app[AUDIT].store.is_open
+    )
     return web.json_response({"ready": ready}, status=200 if ready else 503)
 
 
@@ -163,20 +214,18 @@ async def _sandbox_bundel(request: web.Request) -> web.Response:
     ):
         return problem(400, "Ongeldig verzoek", "organisaties must be a list of codes.")
     wants_jws = fields.get("formaat") == "jws" or JOSE in request.headers.get("Accept", "")
-    metrics = request.app[METRICS]
     signed = await request.app[ISSUER].issue(
         bsn=bsn,
         transactie_id=request[TRANSACTIE_ID],
         session=request.app[SESSION],
         selected=organisaties,
     )
-    metrics.bundles.labels("issued").inc()
     if wants_jws:
         body, content_type, extension = signed.compact_jws.encode(), JOSE, "jws"
     else:
         body, content_type, extension = signed.download_json(), JSON, "json"
-    response = web.Response(body=body, content_type=content_type)
-    if "formaat" in fields:
+    response = await release(request, signed, body, content_type, extension)
+    if "formaat" in fields and response.status == 200:
         response.headers["Content-Disposition"] = (
             f'attachment; filename="blauwe-knop-{signed.document["bundel_id"]}.{extension}"'
         )

@@ -57,9 +57,14 @@ class Settings:
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
     organisations: tuple[OrganisationConfig, ...] = ()
     signing: SigningConfig | None = None
+    pseudonym_key_file: Path | None = None
     log_level: str = "INFO"
     sandbox_host: str = "127.0.0.1"
     sandbox_base_port: int = 9101
+
+    @property
+    def store_path(self) -> Path:
+        return self.state_dir / "gateway.db"
 
     def sandbox_port(self, org: str) -> int:
         """The demo sandboxes listen on consecutive ports, in `SANDBOX_ORGS` order."""
@@ -122,6 +127,7 @@ def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
         naam=_str(uitgever_data, "naam", _DEFAULT_UITGEVER.naam),
     )
     breaker = _table(data, "breaker")
+    audit = _table(data, "audit")
     signing_data = _table(data, "signing")
     signing = (
         SigningConfig(
@@ -154,6 +160,9 @@ def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
             sandbox_base_port,
         ),
         signing=signing,
+        pseudonym_key_file=(
+            Path(_str(audit, "pseudonym_key_file")) if "pseudonym_key_file" in audit else None
+        ),
         log_level=_str(data, "log_level", "INFO"),
         sandbox_host=sandbox_host,
         sandbox_base_port=sandbox_base_port,
@@ -249,6 +258,11 @@ def _check_production(settings: Settings) -> None:
     if settings.signing is None:
         raise ConfigError(
             "production mode needs [signing] key and chain: the seal key and its certificate chain"
+        )
+    if settings.pseudonym_key_file is None:
+        raise ConfigError(
+            "production mode needs [audit] pseudonym_key_file: the secret that turns a BSN "
+            "into the pseudonym in audit events (at least 32 bytes)"
         )
     if not settings.organisations:
         raise ConfigError("production mode needs at least one [organisations.<name>] table")

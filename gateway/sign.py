@@ -91,6 +91,7 @@ class KeyRing:
 
 @dataclass(frozen=True, slots=True)
 class SignedBundel:
+    bundel: Bundel
     document: dict[str, Any]
     canonical: bytes
     detached_jws: str
@@ -114,7 +115,10 @@ def sign_bundel(bundel: Bundel, keys: KeyRing) -> SignedBundel:
     assert key.private_key is not None
     header = {"kid": key.kid, "x5c": key.jwk()["x5c"], "typ": "JOSE", "cty": PAYLOAD_TYPE}
     return SignedBundel(
-        document, canonical, jws.sign_es256(canonical, key.private_key, header, detached=True)
+        bundel,
+        document,
+        canonical,
+        jws.sign_es256(canonical, key.private_key, header, detached=True),
     )
 
 

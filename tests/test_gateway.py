@@ -227,12 +227,16 @@ async def test_logs_and_metrics_never_show_the_bsn(
         assert EVERYWHERE not in await response.text()
 
 
-async def test_production_mode_has_no_sandbox_route(pki: DevPki) -> None:
+async def test_production_mode_has_no_sandbox_route(pki: DevPki, tmp_path: Path) -> None:
     seal = pki.identity(pki.seal_names()[-1])
+    key_file = tmp_path / "pseudonym.key"
+    key_file.write_bytes(b"k" * 32)
     settings = settings_from_mapping(
         {
             "mode": "production",
+            "state_dir": str(tmp_path / "state"),
             "signing": {"key": str(seal.key), "chain": str(seal.chain)},
+            "audit": {"pseudonym_key_file": str(key_file)},
             "organisations": sandbox_organisation_table(
                 pki, {org: f"https://{org}.invalid" for org in ORGS}
             ),
@@ -257,10 +261,14 @@ def test_production_refuses_unsafe_configuration(pki: DevPki) -> None:
     with pytest.raises(ConfigError, match="signing"):
         settings_from_mapping({"mode": "production"})
     seal = pki.identity(pki.seal_names()[-1])
+    signing = {"key": str(seal.key), "chain": str(seal.chain)}
+    with pytest.raises(ConfigError, match="pseudonym_key_file"):
+        settings_from_mapping({"mode": "production", "signing": signing})
     with pytest.raises(ConfigError, match="https"):
         settings_from_mapping(
             {
                 "mode": "production",
+                "audit": {"pseudonym_key_file": "/run/secrets/pseudonym.key"},
                 "signing": {"key": str(seal.key), "chain": str(seal.chain)},
                 "organisations": {
                     "duo": {"url": "http://duo.example", "trust_cert": str(seal.chain)}

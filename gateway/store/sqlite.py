@@ -64,7 +64,14 @@ class SqliteStore:
         self._conn = conn
 
     async def _run(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except RuntimeError as exc:  # the executor is shut down: the store was closed
+            raise StoreUnavailable("the store is closed") from exc
+
+    @property
+    def is_open(self) -> bool:
+        return self._conn is not None
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -84,7 +91,7 @@ class SqliteStore:
             batch, self._pending = self._pending, []
             try:
                 await self._run(self._insert, [r for records, _ in batch for r in records])
-            except (sqlite3.Error, OSError, StoreUnavailable) as exc:
+            except Exception as exc:  # every waiter must hear of it, whatever went wrong
                 error = StoreUnavailable(f"audit outbox could not be written: {exc}")
                 for _, future in batch:
                     if not future.done():

@@ -1,0 +1,118 @@
+"""Audit evidence: CloudEvents written to the durable outbox before a response goes out.
+
+No event carries the BSN: the citizen appears as a keyed pseudonym (HMAC-SHA256 with a
+deployment secret), and every event names the key id so the key can rotate. The relay to
+Kafka publishes the outbox; see docs/audit.md.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import os
+import secrets
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from gateway.models import Bron, Organisatie
+from gateway.store import OutboxRecord, Store
+
+EVENT_TYPE_PREFIX = "nl.blauweknop.audit."
+SPEC_VERSION = "1.0"
+
+
+@dataclass(frozen=True, slots=True)
+class PseudonymKey:
+    key_id: str
+    secret: bytes
+
+    def pseudonym(self, bsn: str) -> str:
+        return hmac.new(self.secret, bsn.encode("ascii"), hashlib.sha256).hexdigest()
+
+    @classmethod
+    def from_file(cls, path: Path) -> PseudonymKey:
+        secret = path.read_bytes().strip()
+        if len(secret) < 32:
+            raise ValueError(f"{path}: a pseudonym key needs at least 32 bytes")
+        return cls(hashlib.sha256(secret).hexdigest()[:16], secret)
+
+    @classmethod
+    def development(cls, state_dir: Path) -> PseudonymKey:
+        """Made on first use in sandbox mode; production configures a file."""
+        path = state_dir / "audit-pseudonym.key"
+        if not path.exists():
+            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(secrets.token_hex(32).encode())
+        return cls.from_file(path)
+
+
+class AuditTrail:
+    def __init__(self, store: Store, key: PseudonymKey, uitgever: Organisatie) -> None:
+        self.store = store
+        self.key = key
+        self.source = f"urn:oin:{uitgever.oin}:blauweknop-gateway"
+
+    def event(self, name: str, transactie_id: str, data: dict[str, Any]) -> OutboxRecord:
+        """One CloudEvents 1.0 event in structured JSON, keyed by transaction id."""
+        event_id = str(uuid.uuid4())
+        envelope = {
+            "specversion": SPEC_VERSION,
+            "id": event_id,
+            "source": self.source,
+            "type": f"{EVENT_TYPE_PREFIX}{name}.v1",
+            "time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+            "datacontenttype": "application/json",
+            "transactieid": transactie_id,
+            "pseudonymkeyid": self.key.key_id,
+            "data": data,
+        }
+        return OutboxRecord(event_id, transactie_id, orjson.dumps(envelope))
+
+    async def bundle_issued(
+        self,
+        *,
+        transactie_id: str,
+        bsn: str,
+        bundel_id: str,
+        canonical_sha256: str,
+        formats: dict[str, str],
+        bronnen: Sequence[Bron],
+    ) -> None:
+        """Record every organisation call and the issued bundle; durable when this returns."""
+        pseudonym = self.key.pseudonym(bsn)
+        records = [
+            self.event(
+                "organisatie.bevraagd",
+                transactie_id,
+                {
+                    "burger": pseudonym,
+                    "organisatie": {"oin": b.organisatie.oin, "code": b.organisatie.code},
+                    "status": b.status,
+                    "duur_ms": b.duur_ms,
+                    "antwoord_sha256": b.herkomst.sha256 if b.herkomst else None,
+                },
+            )
+            for b in bronnen
+        ]
+        records.append(
+            self.event(
+                "bundel.uitgegeven",
+                transactie_id,
+                {
+                    "burger": pseudonym,
+                    "bundel_id": bundel_id,
+                    "bundel_sha256": canonical_sha256,
+                    "formaten": formats,
+                    "organisaties": {b.organisatie.code: b.status for b in bronnen},
+                },
+            )
+        )
+        await self.store.append(records)
