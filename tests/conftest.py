@@ -32,6 +32,12 @@ def pki(state_dir: Path) -> DevPki:
     return made
 
 
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as made:
+        yield made
+
+
 @dataclass
 class Stack:
     """The four sandboxes and a gateway, each on its own real socket."""

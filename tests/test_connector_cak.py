@@ -50,12 +50,6 @@ async def sandbox(pki: DevPki) -> AsyncIterator[RunningSandbox]:
     await running.runner.cleanup()
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
-
-
 def make_settings(pki: DevPki, url: str, **overrides: Any) -> ConnectorSettings:
     options = {
         "token_url": f"{url}{OAUTH2_ENDPOINT}",

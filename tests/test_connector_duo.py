@@ -57,12 +57,6 @@ async def sandbox(pki: DevPki) -> AsyncIterator[RunningSandbox]:
     await running.runner.cleanup()
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as made:
-        yield made
-
-
 def settings(pki: DevPki, url: str, **overrides: Any) -> ConnectorSettings:
     base = ConnectorSettings(
         organisatie=ORGANISATIE,

@@ -59,12 +59,6 @@ async def sandbox(pki: DevPki) -> AsyncIterator[RunningSandbox]:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
-
-
-@pytest.fixture
 def connector(pki: DevPki, sandbox: RunningSandbox) -> Connector:
     return create(settings_for(pki, sandbox.url))
 

@@ -59,12 +59,6 @@ async def sandbox(pki: DevPki) -> AsyncIterator[RunningSandbox]:
     await running.runner.cleanup()
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client_session:
-        yield client_session
-
-
 async def fetch(
     pki: DevPki, url: str, session: aiohttp.ClientSession, bsn: str, **overrides: Any
 ) -> SourceData:
