@@ -1,8 +1,7 @@
-"""Audit evidence: CloudEvents written to the durable outbox before a response goes out.
+"""CloudEvents written to the durable outbox before the response they record goes out.
 
 No event carries the BSN: the citizen appears as a keyed pseudonym (HMAC-SHA256 with a
-deployment secret), and every event names the key id so the key can rotate. The relay to
-Kafka publishes the outbox; see docs/audit.md.
+deployment secret), and every event names the key id so the key can rotate.
 """
 
 from __future__ import annotations
@@ -75,6 +74,10 @@ class AuditTrail:
             "data": data,
         }
         return OutboxRecord(event_id, transactie_id, orjson.dumps(envelope))
+
+    async def record(self, name: str, transactie_id: str, data: dict[str, Any]) -> None:
+        """Append one event; durable when this returns, or StoreUnavailable."""
+        await self.store.append([self.event(name, transactie_id, data)])
 
     async def bundle_issued(
         self,
