@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
+from gateway.assurance import BSN_SUB_ID_TYPE, DEFAULT_ACR_MAPPING, EIDAS_LEVELS, EIDAS_SUBSTANTIAL
 from gateway.connector import ConnectorFactory, ConnectorSettings
 from gateway.errors import ConfigError
 from gateway.fanout import BreakerSettings
@@ -45,6 +46,41 @@ class SigningConfig:
     retired: tuple[Path, ...] = ()
 
 
+# The stand-in DigiD of the demo stack listens on sandbox_base_port + this offset.
+DIGID_PORT_OFFSET = 10
+
+
+@dataclass(frozen=True, slots=True)
+class OidcSettings:
+    """`[oidc]`: the gateway as OpenID Connect relying party towards DigiD (docs/login.md).
+
+    `client_key` signs the RFC 7523 client assertions (private_key_jwt); `encryption_keys` are
+    the private keys ID tokens may be encrypted to (JWE), newest first. In sandbox mode both
+    default to development keys made under `state_dir/pki`; production needs files.
+    """
+
+    issuer: str = "http://127.0.0.1:9111"
+    client_id: str = "blauweknop-gateway"
+    client_key: Path | None = None
+    encryption_keys: tuple[Path, ...] = ()
+    client_auth_alg: str = "ES256"
+    id_token_algs: tuple[str, ...] = ("RS256", "PS256", "ES256")
+    require_encrypted_id_token: bool = False
+    min_acr: str = EIDAS_SUBSTANTIAL
+    acr_mapping: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_ACR_MAPPING))
+    sub_id_type: str = BSN_SUB_ID_TYPE
+    sub_id_type_claim: str = "sub_id_type"
+    bsn_claim: str = "sub"
+    scope: str = "openid"
+    clock_skew_seconds: float = 60.0
+    connect_timeout: float = 2.0
+    read_timeout: float = 5.0
+    max_body_bytes: int = 256 * 1024
+    jwks_refetch_seconds: float = 60.0
+    session_seconds: int = 900
+    login_seconds: int = 600
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     mode: Mode = "sandbox"
@@ -61,6 +97,14 @@ class Settings:
     log_level: str = "INFO"
     sandbox_host: str = "127.0.0.1"
     sandbox_base_port: int = 9101
+    # The gateway's external base URL, its OAuth issuer; sandbox mode derives it from the request.
+    public_url: str | None = None
+    oidc: OidcSettings = field(default_factory=OidcSettings)
+
+    @property
+    def digid_port(self) -> int:
+        """The stand-in DigiD's port in the demo stack."""
+        return self.sandbox_base_port + DIGID_PORT_OFFSET
 
     @property
     def store_path(self) -> Path:
@@ -166,6 +210,8 @@ def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
         log_level=_str(data, "log_level", "INFO"),
         sandbox_host=sandbox_host,
         sandbox_base_port=sandbox_base_port,
+        public_url=_str(data, "public_url").rstrip("/") if "public_url" in data else None,
+        oidc=_oidc(_table(data, "oidc"), mode, sandbox_host, sandbox_base_port),
     )
     if mode == "production":
         _check_production(settings)
@@ -271,6 +317,7 @@ def _check_production(settings: Settings) -> None:
             raise ConfigError(
                 f"[organisations.{org.connector}] url must use https in production mode"
             )
+    _check_oidc_production(settings.oidc)
 
 
 def _set_path(data: dict[str, Any], keys: list[str], value: str) -> None:
@@ -307,3 +354,84 @@ def _float(data: Mapping[str, Any], key: str, default: float) -> float:
         return float(data.get(key, default))
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"setting {key!r} must be a number") from exc
+
+
+_WEAK_ALGS = frozenset({"none", "HS256", "HS384", "HS512"})
+
+
+def _oidc(table: Mapping[str, Any], mode: str, sandbox_host: str, base_port: int) -> OidcSettings:
+    """`[oidc]`; sandbox mode defaults the issuer to the demo stack's stand-in DigiD."""
+    default_issuer = f"http://{sandbox_host}:{base_port + DIGID_PORT_OFFSET}"
+    # Production has no default; _check_production names what is missing, in its turn.
+    issuer = _str(table, "issuer", default_issuer if mode == "sandbox" else "").rstrip("/")
+    mapping = table.get("acr_mapping", DEFAULT_ACR_MAPPING)
+    if not isinstance(mapping, Mapping) or not mapping:
+        raise ConfigError("[oidc] acr_mapping must be a table of provider acr -> eIDAS level URI")
+    for value, eidas in mapping.items():
+        if eidas not in EIDAS_LEVELS:
+            raise ConfigError(
+                f"[oidc] acr_mapping maps {value!r} to {eidas!r}; map to one of {EIDAS_LEVELS}"
+            )
+    min_acr = _str(table, "min_acr", EIDAS_SUBSTANTIAL)
+    if min_acr not in EIDAS_LEVELS:
+        raise ConfigError(f"[oidc] min_acr must be one of {EIDAS_LEVELS}, not {min_acr!r}")
+    algs = tuple(str(a) for a in table.get("id_token_algs", ("RS256", "PS256", "ES256")))
+    if weak := sorted(_WEAK_ALGS.intersection(algs)):
+        raise ConfigError(
+            f"[oidc] id_token_algs may not contain {weak}: 'none' and shared-secret HMAC "
+            "algorithms let anyone who knows the provider's public key forge ID tokens"
+        )
+    enc = table.get("encryption_keys", ())
+    if isinstance(enc, str):
+        enc = [enc]
+    settings = OidcSettings(
+        issuer=issuer,
+        client_id=_str(table, "client_id", "blauweknop-gateway"),
+        client_key=Path(_str(table, "client_key")) if "client_key" in table else None,
+        encryption_keys=tuple(Path(str(p)) for p in enc),
+        client_auth_alg=_str(table, "client_auth_alg", "ES256"),
+        id_token_algs=algs,
+        require_encrypted_id_token=_bool(table, "require_encrypted_id_token", False),
+        min_acr=min_acr,
+        acr_mapping={str(k): str(v) for k, v in mapping.items()},
+        sub_id_type=_str(table, "sub_id_type", BSN_SUB_ID_TYPE),
+        sub_id_type_claim=_str(table, "sub_id_type_claim", "sub_id_type"),
+        bsn_claim=_str(table, "bsn_claim", "sub"),
+        scope=_str(table, "scope", "openid"),
+        clock_skew_seconds=_float(table, "clock_skew_seconds", 60.0),
+        connect_timeout=_float(table, "connect_timeout", 2.0),
+        read_timeout=_float(table, "read_timeout", 5.0),
+        max_body_bytes=_int(table, "max_body_bytes", 256 * 1024),
+        jwks_refetch_seconds=_float(table, "jwks_refetch_seconds", 60.0),
+        session_seconds=_int(table, "session_seconds", 900),
+        login_seconds=_int(table, "login_seconds", 600),
+    )
+    if "openid" not in settings.scope.split():
+        raise ConfigError("[oidc] scope must contain 'openid'")
+    if settings.require_encrypted_id_token and not settings.encryption_keys and mode != "sandbox":
+        raise ConfigError(
+            "[oidc] require_encrypted_id_token needs encryption_keys: PEM private keys"
+        )
+    return settings
+
+
+def _check_oidc_production(oidc: OidcSettings) -> None:
+    if urlsplit(oidc.issuer).scheme != "https":
+        raise ConfigError(
+            "production mode needs [oidc] issuer: the identity provider's https URL "
+            "(a DigiD OIDC broker); the stand-in DigiD exists only in sandbox mode"
+        )
+    if oidc.client_key is None:
+        raise ConfigError(
+            "production mode needs [oidc] client_key: the private key (PEM) whose public half "
+            "is registered with the identity provider for private_key_jwt"
+        )
+
+
+def _bool(data: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = data.get(key, default)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+        return value.lower() in ("true", "1", "yes")
+    raise ConfigError(f"setting {key!r} must be true or false")

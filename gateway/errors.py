@@ -41,3 +41,19 @@ class SchemaViolation(BlauweKnopError):
 
 class VerificationError(BlauweKnopError):
     """A signature, certificate or digest did not verify."""
+
+
+class LoginError(BlauweKnopError):
+    """A citizen's DigiD login was refused or could not be completed; no session is made.
+
+    `error` is an OAuth/OIDC-style code (`invalid_id_token`, `invalid_state`, …), `reason` names
+    the check that failed (it goes into the audit event), `description` says what happened and
+    what to do, in English, without personal data. `status` is the HTTP status to answer with.
+    """
+
+    def __init__(self, error: str, reason: str, description: str, status: int = 400) -> None:
+        super().__init__(f"{error} ({reason}): {description}")
+        self.error = error
+        self.reason = reason
+        self.description = description
+        self.status = status

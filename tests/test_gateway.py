@@ -240,6 +240,10 @@ async def test_production_mode_has_no_sandbox_route(pki: DevPki, tmp_path: Path)
             "organisations": sandbox_organisation_table(
                 pki, {org: f"https://{org}.invalid" for org in ORGS}
             ),
+            "oidc": {
+                "issuer": "https://digid.invalid",
+                "client_key": str(pki.identity("gateway-client").key),
+            },
         }
     )
     runner, port = await serve_app(create_app(settings))

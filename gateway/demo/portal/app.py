@@ -1,0 +1,387 @@
+"""The demo portal: a municipal MijnOmgeving with a debt-help intake page and the Blue Button.
+
+NOT FOR PRODUCTION: a small stand-in for a portal's back-end, to show and test the journey.
+It has its own port and its own client key (registered in
+`policies/portals/demo-mijngemeente.toml`). Its back-end makes the pushed authorization request
+with `private_key_jwt`, receives the code, redeems it with DPoP, downloads the bundle and offers
+the downloads. A real portal keeps its sessions in its own shared store; this demo keeps them in
+memory, bounded in number and age.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from html import escape
+from importlib import resources
+from typing import Any, Literal
+from urllib.parse import urlencode, urlsplit
+
+import aiohttp
+import orjson
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from gateway.demo.portal.keys import ClientKey
+from gateway.demo.portal.oauth import PortalClient
+from gateway.errors import OAuthError
+
+CLIENT_ID = "demo-mijngemeente"
+PURPOSES = ("schuldhulp-intake", "inzage-avg")
+SCOPES = ("financiele-zaken", "inkomen", "betalingsregelingen", "contactgegevens")
+COOKIE = "portaal_sessie"
+MAX_SESSIONS = 1000
+SESSION_SECONDS = 30 * 60
+
+Lang = Literal["nl", "en"]
+
+
+@dataclass(frozen=True, slots=True)
+class PortalConfig:
+    gateway_url: str  # where the back-end reaches the gateway
+    public_url: str  # this portal's own base URL, for its redirect URI
+    key: ClientKey
+    client_id: str = CLIENT_ID
+    gateway_browser_url: str | None = None  # where browsers load the button from, if different
+
+    @property
+    def redirect_uri(self) -> str:
+        return f"{self.public_url}/blauwe-knop/callback"
+
+    @property
+    def script_origin(self) -> str:
+        parts = urlsplit(self.gateway_browser_url or self.gateway_url)
+        return f"{parts.scheme}://{parts.netloc}"
+
+
+@dataclass(frozen=True, slots=True)
+class PortalSession:
+    created: float
+    lang: Lang = "nl"
+    state: str | None = None
+    verifier: str | None = None
+    purpose: str | None = None
+    dpop_key: ec.EllipticCurvePrivateKey | None = None
+    downloads: Mapping[str, bytes] = field(default_factory=dict)
+    message: str | None = None
+
+
+CONFIG = web.AppKey("portal_config", PortalConfig)
+
+
+class Sessions(OrderedDict[str, PortalSession]):
+    """The demo's in-memory sessions, oldest first."""
+
+
+SESSIONS = web.AppKey("portal_sessions", Sessions)
+HTTP = web.AppKey("portal_http", aiohttp.ClientSession)
+
+_TEXT: dict[str, dict[Lang, str]] = {
+    "site": {"nl": "MijnGemeente", "en": "MyMunicipality"},
+    "demo": {
+        "nl": "Demoportaal — niet echt, alleen om te testen",
+        "en": "Demo portal — not real, for testing only",
+    },
+    "home_title": {"nl": "Mijn omgeving", "en": "My environment"},
+    "home_intro": {
+        "nl": "Welkom in uw persoonlijke omgeving van de gemeente.",
+        "en": "Welcome to your personal environment at the municipality.",
+    },
+    "home_link": {"nl": "Aanmelden voor schuldhulp", "en": "Apply for debt help"},
+    "intake_title": {"nl": "Aanmelden voor schuldhulp", "en": "Apply for debt help"},
+    "intake_intro": {
+        "nl": "Voor een goed gesprek hebben we een overzicht van uw schulden en inkomsten nodig. "
+        "Met de Blauwe Knop haalt u dat in één keer op bij DUO, UWV, het CAK en de gemeente.",
+        "en": "For a good conversation we need an overview of your debts and income. With the "
+        "Blue Button you collect it at once from DUO, UWV, CAK and the municipality.",
+    },
+    "intake_steps": {
+        "nl": "U logt in met DigiD, ziet welke gegevens we vragen en waarom, en kiest zelf wat "
+        "u deelt.",
+        "en": "You log in with DigiD, see which data we ask for and why, and choose what you "
+        "share.",
+    },
+    "result_title": {"nl": "Uw gegevens zijn opgehaald", "en": "Your data has been collected"},
+    "result_intro": {
+        "nl": "Dit is wat de organisaties hebben gegeven. U kunt het bestand ook zelf bewaren.",
+        "en": "This is what the organisations provided. You can also keep the file yourself.",
+    },
+    "org": {"nl": "Organisatie", "en": "Organisation"},
+    "status": {"nl": "Resultaat", "en": "Result"},
+    "items": {"nl": "Gegevens", "en": "Items"},
+    "download_json": {"nl": "Download als JSON-bestand", "en": "Download as JSON file"},
+    "download_jws": {"nl": "Download als ondertekend JWS-bestand", "en": "Download as signed JWS"},
+    "nothing": {
+        "nl": "Er zijn (nog) geen gegevens opgehaald. Begin bij de aanmeldpagina.",
+        "en": "No data has been collected (yet). Start at the application page.",
+    },
+    "refused": {
+        "nl": "U heeft geen toestemming gegeven. Er zijn geen gegevens gedeeld.",
+        "en": "You did not consent. No data has been shared.",
+    },
+    "failed": {
+        "nl": "Het ophalen is niet gelukt. Probeer het later opnieuw.",
+        "en": "Collecting the data failed. Please try again later.",
+    },
+    "back": {"nl": "Terug naar de aanmeldpagina", "en": "Back to the application page"},
+    "switch": {"nl": "English", "en": "Nederlands"},
+    "skip": {"nl": "Naar de inhoud", "en": "Skip to content"},
+}
+
+
+def _t(key: str, lang: Lang) -> str:
+    return _TEXT[key][lang]
+
+
+def _lang(request: web.Request) -> Lang:
+    return "en" if request.query.get("lang") == "en" else "nl"
+
+
+def create_portal_app(config: PortalConfig) -> web.Application:
+    app = web.Application(client_max_size=64 * 1024, middlewares=[_headers])
+    app[CONFIG] = config
+    app[SESSIONS] = Sessions()
+    app.cleanup_ctx.append(_http)
+    app.router.add_get("/", _home)
+    app.router.add_get("/schuldhulp", _intake)
+    app.router.add_get("/blauwe-knop/start", _start)
+    app.router.add_get("/blauwe-knop/callback", _callback)
+    app.router.add_get("/schuldhulp/resultaat", _result)
+    app.router.add_get("/download/{name}", _download)
+    app.router.add_get("/static/portaal.css", _css)
+    return app
+
+
+async def _http(app: web.Application) -> Any:
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        app[HTTP] = session
+        yield
+
+
+@web.middleware
+async def _headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = web.Response(status=exc.status, text=exc.text or exc.reason)
+    origin = request.app[CONFIG].script_origin
+    response.headers.setdefault(
+        "Content-Security-Policy",
+        f"default-src 'none'; script-src {origin}; style-src 'self'; img-src 'self'; "
+        "form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
+    )
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+def _session(request: web.Request) -> tuple[str, PortalSession] | None:
+    sessions = request.app[SESSIONS]
+    sid = request.cookies.get(COOKIE)
+    if sid is None or sid not in sessions:
+        return None
+    found = sessions[sid]
+    if time.time() - found.created > SESSION_SECONDS:
+        del sessions[sid]
+        return None
+    return sid, found
+
+
+def _save(request: web.Request, sid: str, value: PortalSession) -> None:
+    sessions = request.app[SESSIONS]
+    sessions[sid] = value
+    sessions.move_to_end(sid)
+    while len(sessions) > MAX_SESSIONS:
+        sessions.popitem(last=False)
+
+
+def _page(request: web.Request, lang: Lang, title: str, body: str) -> web.Response:
+    config = request.app[CONFIG]
+    other = "en" if lang == "nl" else "nl"
+    switch_query = urlencode({**request.query, "lang": other})
+    html = f"""<!doctype html>
+<html lang="{lang}">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{escape(title)} — {_t("site", lang)}</title>
+<link rel="stylesheet" href="/static/portaal.css">
+<script type="module" src="{escape(config.script_origin)}/static/blauwe-knop.js"></script>
+</head>
+<body>
+<a class="skip" href="#inhoud">{_t("skip", lang)}</a>
+<header class="kop">
+<p class="merk"><a href="/?lang={lang}">{_t("site", lang)}</a></p>
+<p class="demo">{_t("demo", lang)}</p>
+<a class="taal" href="{escape(request.path)}?{escape(switch_query)}" hreflang="{other}"
+ lang="{other}">{_t("switch", lang)}</a>
+</header>
+<main id="inhoud">
+{body}
+</main>
+</body>
+</html>"""
+    return web.Response(text=html, content_type="text/html")
+
+
+async def _home(request: web.Request) -> web.Response:
+    lang = _lang(request)
+    body = f"""<h1>{_t("home_title", lang)}</h1>
+<p>{_t("home_intro", lang)}</p>
+<nav aria-label="{_t("home_title", lang)}"><ul>
+<li><a href="/schuldhulp?lang={lang}">{_t("home_link", lang)}</a></li>
+</ul></nav>"""
+    return _page(request, lang, _t("home_title", lang), body)
+
+
+async def _intake(request: web.Request) -> web.Response:
+    lang = _lang(request)
+    config = request.app[CONFIG]
+    found = _session(request)
+    message = ""
+    if found is not None and found[1].message is not None:
+        message = f'<p class="melding" role="alert">{_t(found[1].message, lang)}</p>'
+    body = f"""<h1>{_t("intake_title", lang)}</h1>
+{message}
+<p>{_t("intake_intro", lang)}</p>
+<p>{_t("intake_steps", lang)}</p>
+<blauwe-knop client-id="{escape(config.client_id)}" purpose="schuldhulp-intake"
+ start-url="/blauwe-knop/start" lang="{lang}"></blauwe-knop>"""
+    return _page(request, lang, _t("intake_title", lang), body)
+
+
+async def _start(request: web.Request) -> web.StreamResponse:
+    """The portal's back-end: push the authorization request, then send the browser on."""
+    config = request.app[CONFIG]
+    lang = _lang(request)
+    purpose = request.query.get("purpose", PURPOSES[0])
+    if purpose not in PURPOSES or request.query.get("client_id", config.client_id) != (
+        config.client_id
+    ):
+        raise web.HTTPBadRequest(text="unknown purpose or client")
+    client = PortalClient(config.gateway_url, config.client_id, config.key, config.redirect_uri)
+    started = await client.push(request.app[HTTP], purpose_id=purpose, scopes=SCOPES, lang=lang)
+    sid = secrets.token_urlsafe(32)
+    _save(
+        request,
+        sid,
+        PortalSession(
+            created=time.time(),
+            lang=lang,
+            state=started.state,
+            verifier=started.pkce.verifier,
+            purpose=purpose,
+            dpop_key=ec.generate_private_key(ec.SECP256R1()),
+        ),
+    )
+    response = web.HTTPSeeOther(started.authorize_url)
+    response.set_cookie(COOKIE, sid, httponly=True, samesite="Lax", path="/")
+    raise response
+
+
+async def _callback(request: web.Request) -> web.StreamResponse:
+    config = request.app[CONFIG]
+    found = _session(request)
+    if found is None or found[1].state is None:
+        raise web.HTTPBadRequest(text="no authorization in progress: start again")
+    sid, current = found
+    lang = current.lang
+    if not secrets.compare_digest(request.query.get("state", ""), current.state or ""):
+        raise web.HTTPBadRequest(text="state mismatch: start again")
+    client = PortalClient(config.gateway_url, config.client_id, config.key, config.redirect_uri)
+    session = request.app[HTTP]
+    meta = await client.metadata(session)
+    if request.query.get("iss") != meta.issuer:
+        raise web.HTTPBadRequest(text="the answer does not come from the gateway (iss)")
+    done = replace(current, state=None, verifier=None)
+    if "error" in request.query:
+        refused = request.query["error"] == "access_denied"
+        _save(request, sid, replace(done, message="refused" if refused else "failed"))
+        raise web.HTTPSeeOther(f"/schuldhulp?lang={lang}")
+    assert current.dpop_key is not None
+    assert current.verifier is not None
+    try:
+        token = await client.redeem(
+            session,
+            code=request.query.get("code", ""),
+            verifier=current.verifier,
+            dpop_key=current.dpop_key,
+        )
+        as_json, as_jws = await asyncio.gather(
+            client.download(session, access_token=token, dpop_key=current.dpop_key),
+            client.download(
+                session,
+                access_token=token,
+                dpop_key=current.dpop_key,
+                media_type="application/jose",
+            ),
+        )
+    except OAuthError:
+        _save(request, sid, replace(done, message="failed"))
+        raise web.HTTPSeeOther(f"/schuldhulp?lang={lang}") from None
+    _save(
+        request,
+        sid,
+        replace(done, message=None, downloads={"json": as_json.body, "jws": as_jws.body}),
+    )
+    raise web.HTTPSeeOther(f"/schuldhulp/resultaat?lang={lang}")
+
+
+async def _result(request: web.Request) -> web.Response:
+    lang = _lang(request)
+    found = _session(request)
+    if found is None or "json" not in found[1].downloads:
+        body = f"""<h1>{_t("result_title", lang)}</h1>
+<p role="alert">{_t("nothing", lang)}</p>
+<p><a href="/schuldhulp?lang={lang}">{_t("back", lang)}</a></p>"""
+        return _page(request, lang, _t("result_title", lang), body)
+    bundel = orjson.loads(found[1].downloads["json"])["bundel"]
+    rows = []
+    for bron in bundel["bronnen"]:
+        data = bron["gegevens"]
+        count = sum(len(data.get(k, [])) for k in ("financiele_zaken", "inkomsten"))
+        count += len(data.get("betalingsregelingen", []))
+        rows.append(
+            f'<tr><th scope="row">{escape(bron["organisatie"]["naam"])}</th>'
+            f"<td>{escape(bron.get('toelichting') or bron['status'])}</td><td>{count}</td></tr>"
+        )
+    body = f"""<h1>{_t("result_title", lang)}</h1>
+<p>{_t("result_intro", lang)}</p>
+<table>
+<thead><tr><th scope="col">{_t("org", lang)}</th><th scope="col">{_t("status", lang)}</th>
+<th scope="col">{_t("items", lang)}</th></tr></thead>
+<tbody>
+{"".join(rows)}
+</tbody>
+</table>
+<ul class="downloads">
+<li><a href="/download/bundel.json" download>{_t("download_json", lang)}</a></li>
+<li><a href="/download/bundel.jws" download>{_t("download_jws", lang)}</a></li>
+</ul>"""
+    return _page(request, lang, _t("result_title", lang), body)
+
+
+async def _download(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    kinds = {"bundel.json": ("json", "application/json"), "bundel.jws": ("jws", "application/jose")}
+    found = _session(request)
+    if name not in kinds or found is None or kinds[name][0] not in found[1].downloads:
+        raise web.HTTPNotFound(text="nothing to download: start at the application page")
+    kind, media = kinds[name]
+    response = web.Response(body=found[1].downloads[kind], content_type=media)
+    response.headers["Content-Disposition"] = f'attachment; filename="blauwe-knop-{name}"'
+    return response
+
+
+async def _css(request: web.Request) -> web.Response:
+    css = resources.files("gateway.demo.portal").joinpath("portaal.css").read_bytes()
+    return web.Response(body=css, content_type="text/css")
