@@ -76,9 +76,10 @@ def create_app(settings: Settings, keys: KeyRing | None = None) -> web.Applicati
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
-    from gateway import login  # here: gateway.login uses this module's app keys
+    from gateway import authz, login  # here: both import this module's app keys
 
     login.setup(app)
+    authz.setup(app)
     if settings.mode == "sandbox":
         # Fetching by BSN without login exists only in sandbox mode; production never routes it.
         app.router.add_get("/", _sandbox_home)

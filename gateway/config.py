@@ -30,6 +30,7 @@ ENTRY_POINT_GROUP = "blauweknop.connectors"
 ENV_PREFIX = "BLAUWEKNOP_"
 
 SANDBOX_ORGS = ("duo", "uwv", "cak", "gemeente")
+DEFAULT_POLICIES_DIR = Path(__file__).resolve().parent.parent / "policies"
 _DEFAULT_UITGEVER = Organisatie("00000099000000099000", "bkgw", "Blauwe Knop gateway (sandbox)")
 
 
@@ -44,6 +45,31 @@ class SigningConfig:
     key: Path
     chain: Path
     retired: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AuthzSettings:
+    """`[authz]`: lifetimes in the gateway's authorization server for portals (docs/portals.md).
+
+    Shorter is allowed (tests use one second); longer than the defaults is refused.
+    """
+
+    request_uri_seconds: int = 60
+    code_seconds: int = 60
+    access_token_seconds: int = 300
+
+
+def _authz(table: Mapping[str, Any]) -> AuthzSettings:
+    limits = AuthzSettings()
+    values = {}
+    for name in ("request_uri_seconds", "code_seconds", "access_token_seconds"):
+        value = _int(table, name, getattr(limits, name))
+        if not 1 <= value <= getattr(limits, name):
+            raise ConfigError(
+                f"[authz] {name} must be between 1 and {getattr(limits, name)} seconds"
+            )
+        values[name] = value
+    return AuthzSettings(**values)
 
 
 # The stand-in DigiD of the demo stack listens on sandbox_base_port + this offset.
@@ -99,6 +125,10 @@ class Settings:
     sandbox_base_port: int = 9101
     # The gateway's external base URL, its OAuth issuer; sandbox mode derives it from the request.
     public_url: str | None = None
+    # Registered portals and purposes (gateway.authz); default: the repository's policies/.
+    policies_dir: Path = DEFAULT_POLICIES_DIR
+    demo_portal_port: int = 8088
+    authz: AuthzSettings = field(default_factory=lambda: AuthzSettings())
     oidc: OidcSettings = field(default_factory=OidcSettings)
 
     @property
@@ -211,6 +241,9 @@ def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
         sandbox_host=sandbox_host,
         sandbox_base_port=sandbox_base_port,
         public_url=_str(data, "public_url").rstrip("/") if "public_url" in data else None,
+        policies_dir=Path(_str(data, "policies_dir", str(DEFAULT_POLICIES_DIR))),
+        demo_portal_port=_int(data, "demo_portal_port", 8088),
+        authz=_authz(_table(data, "authz")),
         oidc=_oidc(_table(data, "oidc"), mode, sandbox_host, sandbox_base_port),
     )
     if mode == "production":
@@ -309,6 +342,11 @@ def _check_production(settings: Settings) -> None:
         raise ConfigError(
             "production mode needs [audit] pseudonym_key_file: the secret that turns a BSN "
             "into the pseudonym in audit events (at least 32 bytes)"
+        )
+    if settings.public_url is None or urlsplit(settings.public_url).scheme != "https":
+        raise ConfigError(
+            "production mode needs public_url: the gateway's external https base URL, which is "
+            "its OAuth issuer and the URL that DPoP proofs name"
         )
     if not settings.organisations:
         raise ConfigError("production mode needs at least one [organisations.<name>] table")

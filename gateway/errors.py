@@ -43,6 +43,19 @@ class VerificationError(BlauweKnopError):
     """A signature, certificate or digest did not verify."""
 
 
+class OAuthError(BlauweKnopError):
+    """An OAuth 2.0 protocol error (RFC 6749 §5.2, RFC 9126, RFC 9449): `error` is the code.
+
+    The description tells the portal's developer what to fix; it never carries personal data.
+    """
+
+    def __init__(self, error: str, description: str, status: int = 400) -> None:
+        super().__init__(f"{error}: {description}")
+        self.error = error
+        self.description = description
+        self.status = status
+
+
 class LoginError(BlauweKnopError):
     """A citizen's DigiD login was refused or could not be completed; no session is made.
 

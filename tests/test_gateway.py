@@ -234,6 +234,7 @@ async def test_production_mode_has_no_sandbox_route(pki: DevPki, tmp_path: Path)
     settings = settings_from_mapping(
         {
             "mode": "production",
+            "public_url": "https://gateway.example",
             "state_dir": str(tmp_path / "state"),
             "signing": {"key": str(seal.key), "chain": str(seal.chain)},
             "audit": {"pseudonym_key_file": str(key_file)},
@@ -272,11 +273,21 @@ def test_production_refuses_unsafe_configuration(pki: DevPki) -> None:
         settings_from_mapping(
             {
                 "mode": "production",
+                "public_url": "https://gateway.example",
                 "audit": {"pseudonym_key_file": "/run/secrets/pseudonym.key"},
                 "signing": {"key": str(seal.key), "chain": str(seal.chain)},
                 "organisations": {
                     "duo": {"url": "http://duo.example", "trust_cert": str(seal.chain)}
                 },
+            }
+        )
+    with pytest.raises(ConfigError, match="public_url"):
+        settings_from_mapping(
+            {
+                "mode": "production",
+                "public_url": "http://gateway.example",
+                "audit": {"pseudonym_key_file": "/run/secrets/pseudonym.key"},
+                "signing": signing,
             }
         )
 
