@@ -63,6 +63,8 @@ async def run_gateway(settings: Settings, *, with_sandboxes: bool) -> None:
     )
     runners.append(runner)
     base = f"http://{settings.host}:{port}"
+    if with_sandboxes:
+        runners.append(await start_demo_portal(settings, base))
     print(_banner(settings, base, with_sandboxes), flush=True)
     try:
         await wait_for_stop()
@@ -71,10 +73,34 @@ async def run_gateway(settings: Settings, *, with_sandboxes: bool) -> None:
             await r.cleanup()
 
 
+async def start_demo_portal(settings: Settings, gateway_url: str) -> web.AppRunner:
+    """The demo portal (a municipal MijnOmgeving) on its own port, with its own client key."""
+    from gateway.demo.portal.app import PortalConfig, create_portal_app
+    from gateway.demo.portal.keys import ensure_client_key
+
+    config = PortalConfig(
+        gateway_url=gateway_url,
+        public_url=demo_portal_url(settings),
+        key=ensure_client_key(settings.state_dir),
+    )
+    runner, _ = await serve_app(
+        create_portal_app(config), host=settings.host, port=settings.demo_portal_port
+    )
+    return runner
+
+
+def demo_portal_url(settings: Settings) -> str:
+    return f"http://{settings.host}:{settings.demo_portal_port}"
+
+
 def _banner(settings: Settings, base: str, with_sandboxes: bool) -> str:
     lines = [f"Blauwe Knop gateway ({settings.mode} mode) listening on {base}"]
     if with_sandboxes:
         lines += [f"  sandbox organisations: {', '.join(SANDBOX_ORGS)}"]
+        lines += [
+            f"  demo portal (debt-help intake): {demo_portal_url(settings)}/schuldhulp",
+            "  scripted journey: blauweknop demo --citizen 999990020 --format json -o bundel.json",
+        ]
     if settings.mode == "sandbox":
         example = CITIZENS[2].bsn
         lines += [

@@ -9,7 +9,7 @@ gateway's published keys. `blauweknop demo` runs it; so do the tests.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from http.cookies import BaseCookie
 from typing import Literal
@@ -19,6 +19,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
+from gateway.connector import Connector
 from gateway.demo.forms import Field, Form, find_elements, parse_forms
 from gateway.errors import BlauweKnopError
 from gateway.verify import BundleVerdict, Trust, verify_compact, verify_download
@@ -47,6 +48,7 @@ class JourneyResult:
     media_type: str
     verdict: BundleVerdict
     steps: tuple[Step, ...]
+    gateway_url: str
 
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -203,7 +205,7 @@ async def run_journey(
     bsn: str,
     fmt: Format = "json",
     level: str = "substantieel",
-    trust: Trust | None = None,
+    connectors: Mapping[str, Connector] | None = None,
     lang: str = "nl",
 ) -> JourneyResult:
     """Walk the journey for test citizen `bsn` and return the verified download."""
@@ -242,8 +244,10 @@ async def run_journey(
             if response.status != 200:
                 raise JourneyError(f"step 'download': the portal answered {response.status}")
             media_type = response.content_type
-        trust = trust or await gateway_trust(session, gateway_url)
+        seal = await gateway_trust(session, gateway_url)
+        # Besides the gateway's seal, each organisation's own signature when its connector is given.
+        trust = Trust(seal.seal_keys, connectors or {})
     verdict = verify_download(body, trust) if fmt == "json" else verify_compact(body, trust)
     if verdict.document["bsn"] != bsn:
         raise JourneyError("the downloaded bundle is about another citizen")
-    return JourneyResult(body, media_type, verdict, tuple(browser.steps))
+    return JourneyResult(body, media_type, verdict, tuple(browser.steps), gateway_url)
