@@ -146,6 +146,10 @@ def safe_return_to(return_to: str) -> str:
     return return_to
 
 
+def _see_other(location: str) -> web.Response:
+    return web.Response(status=303, headers={"Location": location})
+
+
 def redirect_uri(request: web.Request) -> str:
     public_url = _settings(request.app).public_url
     base = public_url if public_url is not None else str(request.url.origin())
@@ -196,7 +200,7 @@ async def _begin(request: web.Request, return_to: str, min_acr: str | None) -> w
         code_challenge=create_s256_code_challenge(verifier),
         acr_values=provider_values_for(required, oidc.acr_mapping),
     )
-    response = web.HTTPSeeOther(location)
+    response = _see_other(location)
     _set_cookie(response, request, BINDING_COOKIE, binding, oidc.login_seconds)
     return response
 
@@ -279,7 +283,7 @@ async def _callback(request: web.Request) -> web.StreamResponse:
         response = _error_response(request, exc)
         _clear_cookie(response, request, BINDING_COOKIE)
         return response
-    response = web.HTTPSeeOther(return_to)
+    response = _see_other(return_to)
     _clear_cookie(response, request, BINDING_COOKIE)
     _set_cookie(
         response,
@@ -399,7 +403,7 @@ async def _logout(request: web.Request) -> web.StreamResponse:
         location = safe_return_to(target if isinstance(target, str) else "/")
     except LoginError:
         location = "/"
-    response = web.HTTPSeeOther(location)
+    response = _see_other(location)
     _clear_cookie(response, request, SESSION_COOKIE)
     return response
 
