@@ -1,0 +1,277 @@
+"""The journey a portal offers: demo portal, button, PAR, DigiD, consent, DPoP, the bundle.
+
+Everything over real sockets; the citizen's browser is the journey's scripted browser.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from gateway.app import AUDIT
+from gateway.authz.registry import Registry
+from gateway.config import DEFAULT_POLICIES_DIR
+from gateway.demo.journey import (
+    Browser,
+    LoopbackCookieJar,
+    fill_login_form,
+    gateway_trust,
+    run_journey,
+)
+from gateway.demo.portal.keys import ensure_client_key, jwks_document, new_client_key
+from gateway.errors import ConfigError
+from gateway.pki import DevPki
+from gateway.verify import verify_compact
+from tests.portalstack import PortalStack, authorize, start_portal_stack, stop_portal_stack
+
+BLAUWEKNOP = str(Path(sys.executable).with_name("blauweknop"))
+EVERYWHERE = "999990020"
+ALL_OK = {"duo": "ok", "uwv": "ok", "cak": "ok", "gm0363": "ok"}
+
+
+@pytest.fixture
+async def world(state_dir: Path, pki: DevPki, tmp_path: Path) -> AsyncIterator[PortalStack]:
+    made = await start_portal_stack(state_dir, pki, tmp_path / "policies")
+    yield made
+    await stop_portal_stack(made)
+
+
+def statuses(bundel: dict[str, Any]) -> dict[str, str]:
+    return {b["organisatie"]["code"]: b["status"] for b in bundel["bronnen"]}
+
+
+async def events(world: PortalStack) -> list[dict[str, Any]]:
+    records = await world.stack.app[AUDIT].store.unsent(1_000_000)
+    return [orjson.loads(r.payload) for r in records]
+
+
+async def test_journey_through_the_demo_portal_json(world: PortalStack) -> None:
+    result = await run_journey(world.portal_url, bsn=EVERYWHERE, fmt="json")
+    assert result.media_type == "application/json"
+    assert result.verdict.document["bsn"] == EVERYWHERE
+    assert statuses(result.verdict.document) == ALL_OK
+    names = [s.name for s in result.steps]
+    assert names[0] == "portal"
+    assert names[-1] == "download"
+    assert any("/toestemming/" in s.url for s in result.steps)
+    assert any("/login/callback" in s.url for s in result.steps)
+
+
+async def test_journey_through_the_demo_portal_jws(world: PortalStack) -> None:
+    result = await run_journey(world.portal_url, bsn="999990019", fmt="jws", lang="en")
+    assert result.media_type == "application/jose"
+    # Independently of the journey's own check: the gateway's published keys verify the file.
+    trust = await gateway_trust(world.session, world.url)
+    verdict = verify_compact(result.body, trust)
+    assert verdict.document["bsn"] == "999990019"
+    assert statuses(verdict.document)["duo"] == "ok"
+
+
+async def test_every_download_and_the_consent_are_audited_without_bsn(world: PortalStack) -> None:
+    before = {e["id"] for e in await events(world)}
+    await run_journey(world.portal_url, bsn=EVERYWHERE, fmt="json")
+    new = [e for e in await events(world) if e["id"] not in before]
+    kinds = [e["type"].removeprefix("nl.blauweknop.audit.").removesuffix(".v1") for e in new]
+    assert kinds.count("toestemming.gegeven") == 1
+    # The demo portal downloads JSON and JWS: two releases, each with its consent link.
+    assert kinds.count("toestemming.gebruikt") == 2
+    assert kinds.count("bundel.uitgegeven") == 2
+    consent = next(e for e in new if e["type"].endswith("toestemming.gegeven.v1"))
+    pseudonym = world.stack.app[AUDIT].key.pseudonym(EVERYWHERE)
+    assert consent["data"]["burger"] == pseudonym
+    assert consent["data"]["client_id"] == "demo-mijngemeente"
+    assert consent["data"]["purpose_id"] == "schuldhulp-intake"
+    assert "Wgs" in consent["data"]["grondslag"]
+    assert all(EVERYWHERE.encode() not in orjson.dumps(e) for e in new)
+
+
+async def test_citizen_leaves_organisations_out(world: PortalStack) -> None:
+    back = await authorize(
+        world,
+        world.other,
+        purpose_id="inzage-avg",
+        drop=("duo", "cak"),
+        scopes=("financiele-zaken", "inkomen"),
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    token = await world.other.redeem(
+        world.session, code=back.params["code"], verifier=back.started.pkce.verifier, dpop_key=key
+    )
+    download = await world.other.download(world.session, access_token=token, dpop_key=key)
+    bundel = orjson.loads(download.body)["bundel"]
+    assert statuses(bundel) == {
+        "duo": "niet_opgevraagd",
+        "uwv": "ok",
+        "cak": "niet_opgevraagd",
+        "gm0363": "ok",
+    }
+    consent = [e for e in await events(world) if e["type"].endswith("toestemming.gegeven.v1")]
+    assert consent[-1]["data"]["weggelaten"] == ["duo", "cak"]
+    assert consent[-1]["data"]["organisaties"] == ["uwv", "gm0363"]
+
+
+async def test_scopes_decide_which_organisations_are_asked(world: PortalStack) -> None:
+    # Income comes from UWV and the municipality only.
+    back = await authorize(world, world.other, purpose_id="inzage-avg", scopes=("inkomen",))
+    key = ec.generate_private_key(ec.SECP256R1())
+    token = await world.other.redeem(
+        world.session, code=back.params["code"], verifier=back.started.pkce.verifier, dpop_key=key
+    )
+    download = await world.other.download(
+        world.session, access_token=token, dpop_key=key, media_type="application/jose"
+    )
+    assert download.media_type == "application/jose"
+    payload = orjson.loads(base64.urlsafe_b64decode(download.body.split(b".")[1] + b"==="))
+    assert statuses(payload) == {
+        "duo": "niet_opgevraagd",
+        "uwv": "ok",
+        "cak": "niet_opgevraagd",
+        "gm0363": "ok",
+    }
+
+
+async def test_metadata_document(world: PortalStack) -> None:
+    async with world.session.get(f"{world.url}/.well-known/oauth-authorization-server") as r:
+        meta = await r.json()
+    assert meta["issuer"] == world.url
+    assert meta["require_pushed_authorization_requests"] is True
+    assert meta["pushed_authorization_request_endpoint"] == f"{world.url}/par"
+    assert meta["code_challenge_methods_supported"] == ["S256"]
+    assert meta["token_endpoint_auth_methods_supported"] == ["private_key_jwt"]
+    assert set(meta["dpop_signing_alg_values_supported"]) == {"ES256", "EdDSA"}
+    assert meta["grant_types_supported"] == ["authorization_code"]
+    assert meta["authorization_response_iss_parameter_supported"] is True
+    assert "inkomen" in meta["scopes_supported"]
+
+
+async def consent_page(world: PortalStack, lang: str) -> tuple[str, dict[str, str]]:
+    started = await world.test.push(
+        world.session, purpose_id="inzage-avg", scopes=["financiele-zaken"], lang=lang
+    )
+    async with aiohttp.ClientSession(cookie_jar=LoopbackCookieJar()) as browser_session:
+        browser = Browser(browser_session)
+        page = await browser.open("authorize", "GET", started.authorize_url)
+        form, pairs = fill_login_form(page.html, EVERYWHERE, "substantieel")
+        page = await browser.send_form("login", page.url, form, pairs)
+        async with browser_session.get(page.url) as response:
+            return await response.text(), dict(response.headers)
+
+
+@pytest.mark.parametrize(
+    ("lang", "expected"),
+    [
+        (
+            "nl",
+            ["Toestemming geven", "Wettelijke grondslag", "artikel 15", "Van welke organisaties"],
+        ),
+        ("en", ["Give consent", "Legal basis", "article 15", "From which organisations"]),
+    ],
+)
+async def test_consent_page_in_dutch_and_english_under_strict_csp(
+    world: PortalStack, lang: str, expected: list[str]
+) -> None:
+    html, headers = await consent_page(world, lang)
+    assert f'<html lang="{lang}">' in html
+    for text in expected:
+        assert text in html
+    assert "<script" not in html
+    assert "style=" not in html
+    assert "<style" not in html
+    csp = headers["Content-Security-Policy"]
+    assert "default-src 'none'" in csp
+    assert "unsafe-inline" not in csp
+    assert "form-action 'self' http://127.0.0.1:9" in csp  # the portal it returns to
+    for code in ("duo", "uwv", "cak", "gm0363"):
+        assert f'<label for="org-{code}">' in html
+
+
+async def test_button_script_and_portal_csp(world: PortalStack) -> None:
+    async with world.session.get(f"{world.url}/static/blauwe-knop.js") as response:
+        assert response.status == 200
+        assert response.content_type == "text/javascript"
+        script = await response.text()
+    assert 'customElements.define("blauwe-knop"' in script
+    assert "Download mijn gegevens" in script
+    assert "adoptedStyleSheets" in script
+    async with world.session.get(f"{world.portal_url}/schuldhulp") as response:
+        html = await response.text()
+        csp = response.headers["Content-Security-Policy"]
+    assert "<blauwe-knop" in html
+    assert f"script-src {world.url}" in csp
+    assert "unsafe-inline" not in csp
+    assert "style=" not in html
+
+
+def test_registry_refuses_unsafe_registrations(tmp_path: Path) -> None:
+    shutil.copytree(DEFAULT_POLICIES_DIR, tmp_path / "p")
+    portals = tmp_path / "p" / "portals"
+    variables = {"state_dir": str(tmp_path), "demo_portal_url": "http://127.0.0.1:1"}
+    ensure_client_key(tmp_path)  # the demo portal's, which sandbox mode registers
+    key = new_client_key()
+    jwks = orjson.dumps(jwks_document(key)).decode()
+    (tmp_path / "k.json").write_text(jwks)
+    base = 'client_id = "x"\nnaam = "x"\npurposes = ["inzage-avg"]\nscopes = ["inkomen"]\n'
+    cases = {
+        "redirect URI": f'{base}redirect_uris = ["http://portal.example/cb"]\n'
+        f'jwks_file = "{tmp_path}/k.json"\n',
+        "unknown variable": f'{base}redirect_uris = ["${{portal}}/cb"]\njwks_file = "k.json"\n',
+        "purposes": 'client_id = "x"\nnaam = "x"\npurposes = ["reclame"]\nscopes = ["inkomen"]\n'
+        f'redirect_uris = ["https://p.example/cb"]\njwks_file = "{tmp_path}/k.json"\n',
+        "public keys": f'{base}redirect_uris = ["https://p.example/cb"]\n'
+        'jwks = {keys = [{kty = "EC", crv = "P-256", x = "a", y = "b", d = "c"}]}\n',
+    }
+    for message, text in cases.items():
+        (portals / "x.toml").write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            Registry.load(tmp_path / "p", variables, sandbox=True)
+    (portals / "x.toml").unlink()
+    # Production never loads the sandbox-only demo portal (nor needs its variables).
+    registry = Registry.load(tmp_path / "p", {"state_dir": str(tmp_path)}, sandbox=False)
+    assert "demo-mijngemeente" not in registry.portals
+    assert {"schuldhulp-intake", "inzage-avg"} <= set(registry.purposes)
+
+
+def test_demo_command_starts_its_own_stack_and_writes_a_verified_file(tmp_path: Path) -> None:
+    out = tmp_path / "bundel.jws"
+    env_state = {"BLAUWEKNOP_STATE_DIR": str(tmp_path / "state")}
+    done = subprocess.run(
+        [
+            BLAUWEKNOP,
+            "demo",
+            "--start",
+            "--citizen",
+            "999990044",
+            "--format",
+            "jws",
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env_state},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "signature verified" in done.stdout
+    assert "999990044" not in done.stdout + done.stderr  # the BSN is never printed in clear
+    assert out.read_bytes().count(b".") == 2
+    later = subprocess.run(
+        [BLAUWEKNOP, "demo", "--citizen", "999990044", "--format", "pdf", "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, **env_state},
+    )
+    assert later.returncode == 2
+    assert "certified-documents" in later.stderr
