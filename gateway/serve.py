@@ -54,6 +54,9 @@ async def run_gateway(settings: Settings, *, with_sandboxes: bool) -> None:
     if with_sandboxes:
         sandboxes = await start_sandboxes(settings)
         runners.extend(s.runner for s in sandboxes)
+        digid = await start_stand_in_digid(settings)
+        if digid is not None:
+            runners.append(digid)
     # In-flight bundles are bounded by the fan-out deadline; let them finish on shutdown.
     runner, port = await serve_app(
         create_app(settings),
@@ -89,6 +92,25 @@ async def start_demo_portal(settings: Settings, gateway_url: str) -> web.AppRunn
     return runner
 
 
+def stand_in_digid_url(settings: Settings) -> str:
+    return f"http://{settings.sandbox_host}:{settings.digid_port}"
+
+
+async def start_stand_in_digid(settings: Settings) -> web.AppRunner | None:
+    """The stand-in DigiD (not for production), when `[oidc] issuer` points at it."""
+    from gateway.demo.digid import gateway_client, start_digid
+
+    if settings.oidc.issuer != stand_in_digid_url(settings):
+        return None  # the gateway is configured for another provider: leave it to that one
+    bases = [settings.public_url] if settings.public_url else []
+    bases += [f"http://{h}:{settings.port}" for h in (settings.host, "localhost", "127.0.0.1")]
+    client = gateway_client(settings.oidc.client_id, list(dict.fromkeys(bases)))
+    digid = await start_digid(
+        host=settings.sandbox_host, port=settings.digid_port, mode=settings.mode, clients=[client]
+    )
+    return digid.runner
+
+
 def demo_portal_url(settings: Settings) -> str:
     return f"http://{settings.host}:{settings.demo_portal_port}"
 
@@ -97,6 +119,11 @@ def _banner(settings: Settings, base: str, with_sandboxes: bool) -> str:
     lines = [f"Blauwe Knop gateway ({settings.mode} mode) listening on {base}"]
     if with_sandboxes:
         lines += [f"  sandbox organisations: {', '.join(SANDBOX_ORGS)}"]
+        if settings.oidc.issuer == stand_in_digid_url(settings):
+            lines += [
+                f"  stand-in DigiD (not for production): {stand_in_digid_url(settings)}",
+                f"  log in as a test citizen: {base}/login?return_to=/login/sessie",
+            ]
         lines += [
             f"  demo portal (debt-help intake): {demo_portal_url(settings)}/schuldhulp",
             "  scripted journey: blauweknop demo --citizen 999990020 --format json -o bundel.json",

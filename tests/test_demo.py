@@ -43,7 +43,7 @@ def test_citizens_command_lists_every_test_citizen() -> None:
 
 @pytest.mark.slow
 def test_demo_stack_serves_a_bundle_and_stops_cleanly(tmp_path: Path) -> None:
-    base = free_ports(5)
+    base = free_ports(11)  # sandboxes base..base+3, gateway base+4, stand-in DigiD base+10
     env = {
         **os.environ,
         "BLAUWEKNOP_STATE_DIR": str(tmp_path / "state"),
@@ -68,6 +68,13 @@ def test_demo_stack_serves_a_bundle_and_stops_cleanly(tmp_path: Path) -> None:
         assert {b["status"] for b in bronnen} == {"ok"}
         with urllib.request.urlopen(f"{gateway}/", timeout=10) as response:
             assert "Citlali Bakker" in response.read().decode()
+        digid = f"http://127.0.0.1:{base + 10}"
+        with urllib.request.urlopen(f"{digid}/.well-known/openid-configuration") as response:
+            assert orjson.loads(response.read())["issuer"] == digid
+        with urllib.request.urlopen(f"{gateway}/login?return_to=/", timeout=10) as response:
+            page = response.read().decode()  # followed to the stand-in's login page
+        assert response.url.startswith(f"{digid}/authorize?")
+        assert "niet voor productie" in page
     finally:
         demo.send_signal(signal.SIGTERM)
         started = time.monotonic()

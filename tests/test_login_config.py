@@ -1,0 +1,97 @@
+"""The `[oidc]` configuration: safe defaults, a configurable acr mapping, production rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.assurance import (
+    DEFAULT_ACR_MAPPING,
+    DIGID_MIDDEN,
+    EIDAS_HIGH,
+    EIDAS_LOW,
+    EIDAS_SUBSTANTIAL,
+    provider_values_for,
+)
+from gateway.config import load_settings, settings_from_mapping
+from gateway.errors import ConfigError
+from gateway.pki import DevPki
+from tests.login_world import login_world
+
+
+def production(pki: DevPki, tmp_path: Path, **oidc: Any) -> dict[str, Any]:
+    seal = pki.identity(pki.seal_names()[-1])
+    key_file = tmp_path / "pseudonym.key"
+    key_file.write_bytes(b"k" * 32)
+    return {
+        "mode": "production",
+        "public_url": "https://gateway.example",
+        "signing": {"key": str(seal.key), "chain": str(seal.chain)},
+        "audit": {"pseudonym_key_file": str(key_file)},
+        "organisations": {"duo": {"url": "https://duo.example", "trust_cert": str(seal.chain)}},
+        "oidc": oidc,
+    }
+
+
+def test_sandbox_defaults_point_at_the_stand_in_and_require_substantial() -> None:
+    oidc = settings_from_mapping({"sandbox_base_port": 9500}).oidc
+    assert oidc.issuer == "http://127.0.0.1:9510"
+    assert oidc.min_acr == EIDAS_SUBSTANTIAL
+    assert oidc.sub_id_type == "urn:nl-eid-gdi:1.0:id:BSN"
+    assert "none" not in oidc.id_token_algs
+    assert not any(a.startswith("HS") for a in oidc.id_token_algs)
+
+
+def test_environment_overrides_oidc_settings() -> None:
+    settings = load_settings(
+        None, {"BLAUWEKNOP_OIDC__MIN_ACR": EIDAS_HIGH, "BLAUWEKNOP_OIDC__CLIENT_ID": "gw"}
+    )
+    assert (settings.oidc.min_acr, settings.oidc.client_id) == (EIDAS_HIGH, "gw")
+
+
+@pytest.mark.parametrize("alg", ["none", "HS256"])
+def test_weak_id_token_algorithms_cannot_be_configured(alg: str) -> None:
+    with pytest.raises(ConfigError, match="may not contain"):
+        settings_from_mapping({"oidc": {"id_token_algs": ["RS256", alg]}})
+
+
+def test_acr_mapping_must_map_to_eidas_levels() -> None:
+    with pytest.raises(ConfigError, match="acr_mapping"):
+        settings_from_mapping({"oidc": {"acr_mapping": {DIGID_MIDDEN: "midden"}}})
+    with pytest.raises(ConfigError, match="min_acr"):
+        settings_from_mapping({"oidc": {"min_acr": "substantieel"}})
+
+
+def test_production_needs_a_real_issuer_and_a_client_key(pki: DevPki, tmp_path: Path) -> None:
+    key = str(pki.identity("gateway-client").key)
+    with pytest.raises(ConfigError, match=r"\[oidc\] issuer"):
+        settings_from_mapping(production(pki, tmp_path, client_key=key))
+    with pytest.raises(ConfigError, match=r"\[oidc\] issuer"):
+        settings_from_mapping(
+            production(pki, tmp_path, issuer="http://digid.example", client_key=key)
+        )
+    with pytest.raises(ConfigError, match="client_key"):
+        settings_from_mapping(production(pki, tmp_path, issuer="https://digid.example"))
+    settings = settings_from_mapping(
+        production(pki, tmp_path, issuer="https://digid.example", client_key=key)
+    )
+    assert settings.oidc.issuer == "https://digid.example"
+
+
+def test_requested_acr_values_follow_the_mapping() -> None:
+    assert provider_values_for(EIDAS_SUBSTANTIAL, DEFAULT_ACR_MAPPING) == [
+        "urn:oasis:names:tc:SAML:2.0:ac:classes:Smartcard",
+        "urn:oasis:names:tc:SAML:2.0:ac:classes:SmartcardPKI",
+    ]
+    assert len(provider_values_for(EIDAS_LOW, DEFAULT_ACR_MAPPING)) == 4
+
+
+async def test_a_configured_mapping_changes_what_is_accepted(state_dir: Path) -> None:
+    # A deployment that counts DigiD Midden as substantial (configurable, not the default).
+    mapping = {**DEFAULT_ACR_MAPPING, DIGID_MIDDEN: EIDAS_SUBSTANTIAL}
+    async with login_world(state_dir, acr_mapping=mapping) as world, world.browser() as browser:
+        answer = await world.login(browser, niveau="midden")
+        assert answer.status == 303, answer.body
+        assert (await world.session_info(browser))["acr"] == EIDAS_SUBSTANTIAL
