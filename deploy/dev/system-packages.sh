@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Debian packages the test suite uses as independent verifiers; installs only what is missing.
+# Debian packages the test suite uses: independent verifiers, and chromium for the browser test
+# (driven by Playwright, tests/test_browser.py). Installs only what is missing.
 set -euo pipefail
-packages=(xmlsec1)
+packages=(xmlsec1 chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

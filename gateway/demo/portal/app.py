@@ -134,6 +134,16 @@ _TEXT: dict[str, dict[Lang, str]] = {
 }
 
 
+_STATUS: dict[str, dict[Lang, str]] = {
+    "ok": {"nl": "Gegevens ontvangen", "en": "Data received"},
+    "geen_gegevens": {"nl": "Geen gegevens over u", "en": "No data about you"},
+    "niet_opgevraagd": {"nl": "Niet gevraagd (uw keuze)", "en": "Not asked (your choice)"},
+    "onbereikbaar": {"nl": "Niet bereikbaar, probeer later", "en": "Unreachable, try later"},
+    "time-out": {"nl": "Reageerde niet op tijd", "en": "Did not answer in time"},
+    "ongeldig": {"nl": "Antwoord niet te vertrouwen", "en": "Answer could not be trusted"},
+}
+
+
 def _t(key: str, lang: Lang) -> str:
     return _TEXT[key][lang]
 
@@ -352,7 +362,8 @@ async def _result(request: web.Request) -> web.Response:
         count += len(data.get("betalingsregelingen", []))
         rows.append(
             f'<tr><th scope="row">{escape(bron["organisatie"]["naam"])}</th>'
-            f"<td>{escape(bron.get('toelichting') or bron['status'])}</td><td>{count}</td></tr>"
+            f"<td>{escape(_STATUS.get(bron['status'], {}).get(lang, bron['status']))}</td>"
+            f"<td>{count}</td></tr>"
         )
     body = f"""<h1>{_t("result_title", lang)}</h1>
 <p>{_t("result_intro", lang)}</p>
