@@ -53,12 +53,17 @@ async def no_wcag_violations(page: Page, what: str) -> None:
     assert results.violations_count == 0, f"{what}:\n{results.generate_report()}"
 
 
-async def test_citizen_journey_in_a_real_browser(world: PortalStack) -> None:
+@pytest.fixture
+def output() -> Path:
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian's chromium is missing: run deploy/dev/system-packages.sh")
     shutil.rmtree(OUTPUT, ignore_errors=True)
     OUTPUT.mkdir(parents=True)
     print(f"\nbrowser screenshots: {OUTPUT}")
+    return OUTPUT
+
+
+async def test_citizen_journey_in_a_real_browser(world: PortalStack, output: Path) -> None:
     csp_violations: list[str] = []
 
     def console(message: ConsoleMessage) -> None:
