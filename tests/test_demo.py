@@ -43,12 +43,14 @@ def test_citizens_command_lists_every_test_citizen() -> None:
 
 @pytest.mark.slow
 def test_demo_stack_serves_a_bundle_and_stops_cleanly(tmp_path: Path) -> None:
-    base = free_ports(11)  # sandboxes base..base+3, gateway base+4, stand-in DigiD base+10
+    # sandboxes base..base+3, gateway base+4, demo portal base+5, stand-in DigiD base+10
+    base = free_ports(11)
     env = {
         **os.environ,
         "BLAUWEKNOP_STATE_DIR": str(tmp_path / "state"),
         "BLAUWEKNOP_PORT": str(base + 4),
         "BLAUWEKNOP_SANDBOX_BASE_PORT": str(base),
+        "BLAUWEKNOP_DEMO_PORTAL_PORT": str(base + 5),
     }
     demo = subprocess.Popen(
         [BLAUWEKNOP, "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -75,6 +77,18 @@ def test_demo_stack_serves_a_bundle_and_stops_cleanly(tmp_path: Path) -> None:
             page = response.read().decode()  # followed to the stand-in's login page
         assert response.url.startswith(f"{digid}/authorize?")
         assert "niet voor productie" in page
+        # The README's journey command against the running stack, as a newcomer runs it.
+        out = tmp_path / "bundel.json"
+        journey = subprocess.run(
+            [BLAUWEKNOP, "demo", "--citizen", "999990032", "--format", "json", "-o", out],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert journey.returncode == 0, journey.stdout + journey.stderr
+        assert f"127.0.0.1:{base + 5}" in journey.stdout
+        assert orjson.loads(out.read_bytes())["bundel"]["bsn"] == "999990032"
     finally:
         demo.send_signal(signal.SIGTERM)
         started = time.monotonic()

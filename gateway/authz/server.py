@@ -227,6 +227,8 @@ async def _par(request: web.Request) -> web.Response:
     if not _STATE.fullmatch(state):
         raise OAuthError("invalid_request", "state must be 8-512 printable characters")
     dpop_jkt = form.get("dpop_jkt")
+    if dpop_jkt is not None and not _CODE_CHALLENGE.fullmatch(dpop_jkt):
+        raise OAuthError("invalid_request", "dpop_jkt must be an RFC 7638 SHA-256 thumbprint")
     if "DPoP" in request.headers:
         proof = await verify_dpop(
             request.headers["DPoP"], store, method="POST", url=base + PATH_PAR

@@ -67,6 +67,18 @@ class LoopbackCookieJar(aiohttp.CookieJar):
         return super().filter_cookies(request_url)
 
 
+async def read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, or `limit` + 1 bytes when it is larger (the caller refuses those)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            break
+    return b"".join(chunks)[: limit + 1]
+
+
 @dataclass(frozen=True, slots=True)
 class Page:
     url: str
@@ -137,7 +149,7 @@ class Browser:
                         method, data = "GET", None
                     url = location
                     continue
-                body = await response.content.read(MAX_PAGE_BYTES + 1)
+                body = await read_limited(response, MAX_PAGE_BYTES)
             if len(body) > MAX_PAGE_BYTES:
                 raise JourneyError(f"step {name!r}: the page is larger than {MAX_PAGE_BYTES} bytes")
             html = body.decode("utf-8", errors="replace")
@@ -239,10 +251,12 @@ async def run_journey(
                 f"step 'consent': expected the portal's result page, got {result_url}"
             )
         async with session.get(f"{portal_url}/download/bundel.{fmt}") as response:
-            body = await response.content.read(MAX_DOWNLOAD_BYTES + 1)
+            body = await read_limited(response, MAX_DOWNLOAD_BYTES)
             browser.steps.append(Step("download", str(response.url), response.status))
             if response.status != 200:
                 raise JourneyError(f"step 'download': the portal answered {response.status}")
+            if len(body) > MAX_DOWNLOAD_BYTES:
+                raise JourneyError(f"step 'download': larger than {MAX_DOWNLOAD_BYTES} bytes")
             media_type = response.content_type
         seal = await gateway_trust(session, gateway_url)
         # Besides the gateway's seal, each organisation's own signature when its connector is given.
