@@ -8,6 +8,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from tests.login_world import EVERYWHERE, Callback, LoginWorld, login_world, query_of
 
@@ -332,3 +333,18 @@ async def test_provider_gone_at_the_token_request_is_a_clear_503(state_dir: Path
             reason="provider_unreachable",
             status=503,
         )
+
+
+async def test_a_new_login_ends_the_earlier_session(world: LoginWorld) -> None:
+    async def as_thief(cookie: str) -> dict[str, Any]:
+        name, value = cookie.split(";")[0].split("=", 1)
+        async with world.browser() as thief:
+            thief.cookie_jar.update_cookies({name: value}, URL(world.gateway))
+            return await world.session_info(thief)
+
+    async with world.browser() as browser:
+        first = (await world.login(browser)).cookie("__Host-bk-sessie")
+        assert (await as_thief(first))["burger"] == world.pseudonym(EVERYWHERE)
+        assert (await world.login(browser, bsn="999990019")).status == 303
+        assert (await world.session_info(browser))["burger"] == world.pseudonym("999990019")
+    assert await as_thief(first) == {"ingelogd": False}

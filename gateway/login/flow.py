@@ -283,6 +283,11 @@ async def _callback(request: web.Request) -> web.StreamResponse:
         response = _error_response(request, exc)
         _clear_cookie(response, request, BINDING_COOKIE)
         return response
+    # A new login replaces any earlier session of this browser (no session fixation).
+    previous = _cookie(request, SESSION_COOKIE)
+    if previous and len(previous) <= 128:
+        with contextlib.suppress(StoreUnavailable):
+            await trail.store.take(SESSION_NAMESPACE, _digest(previous))
     response = _see_other(return_to)
     _clear_cookie(response, request, BINDING_COOKIE)
     _set_cookie(

@@ -162,7 +162,13 @@ async def _headers(request: web.Request, handler: Handler) -> web.StreamResponse
     try:
         response = await handler(request)
     except web.HTTPException as exc:
-        response = exc
+        _mark(exc)
+        raise
+    _mark(response)
+    return response
+
+
+def _mark(response: web.StreamResponse) -> None:
     response.headers["X-Not-For-Production"] = NOT_FOR_PRODUCTION
     response.headers.setdefault(
         "Content-Security-Policy",
@@ -172,7 +178,6 @@ async def _headers(request: web.Request, handler: Handler) -> web.StreamResponse
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "no-referrer")
     response.headers.setdefault("Cache-Control", "no-store")
-    return response
 
 
 def _adapter(
