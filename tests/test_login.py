@@ -98,6 +98,12 @@ BAD_TOKENS = [
     pytest.param(
         {"wrong_encryption_key": True}, "invalid_id_token", "decryption_failed", id="jwe-wrong-key"
     ),
+    pytest.param(
+        {"encryption": "RSA-OAEP"},
+        "invalid_id_token",
+        "jwe_alg_not_allowed",
+        id="jwe-rsa-oaep-sha1",
+    ),
 ]
 
 

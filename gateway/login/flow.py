@@ -24,7 +24,7 @@ from gateway.errors import LoginError
 from gateway.login.client import OidcClient
 from gateway.login.idtoken import validate_id_token
 from gateway.login.keys import load_rp_keys
-from gateway.store import StoreUnavailable
+from gateway.store import Store, StoreUnavailable
 
 if TYPE_CHECKING:
     from gateway.audit import AuditTrail
@@ -387,14 +387,13 @@ async def _complete(request: web.Request) -> tuple[_NewSession, str]:
     return _NewSession(token), record["return_to"]
 
 
-async def _take(store: Any, key: str) -> bytes | None:
+async def _take(store: Store, key: str) -> bytes | None:
     try:
-        value: bytes | None = await store.take(STATE_NAMESPACE, key)
+        return await store.take(STATE_NAMESPACE, key)
     except StoreUnavailable as exc:
         raise LoginError(
             "temporarily_unavailable", "store_unavailable", "Try again later.", status=503
         ) from exc
-    return value
 
 
 async def _logout(request: web.Request) -> web.StreamResponse:

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-ENCRYPTION_CHOICES = ("auto", "none", "RSA-OAEP-256", "ECDH-ES")
+# RSA-OAEP (SHA-1) is offered only so tests can check that the gateway refuses it.
+ENCRYPTION_CHOICES = ("auto", "none", "RSA-OAEP-256", "ECDH-ES", "RSA-OAEP")
 
 
 @dataclass(slots=True)
