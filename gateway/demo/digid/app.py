@@ -62,6 +62,7 @@ _TEXT = {
         "citizen": "Kies een testburger",
         "level": "Kies het betrouwbaarheidsniveau",
         "requested": "Gevraagd minimaal niveau",
+        "or_higher": "of hoger",
         "login": "Inloggen",
         "cancel": "Annuleren",
         "switch": "English",
@@ -74,6 +75,7 @@ _TEXT = {
         "citizen": "Choose a test citizen",
         "level": "Choose the level of assurance",
         "requested": "Minimum level requested",
+        "or_higher": "or higher",
         "login": "Log in",
         "cancel": "Cancel",
         "switch": "Nederlands",
@@ -304,7 +306,8 @@ def _login_page(
         f'<span class="hint"><code>{escape(acr)}</code></span></label>'
         for key, name, acr in DIGID_LEVELS
     )
-    wanted = ", ".join(levels_by_acr.get(a, a) for a in requested) or "—"
+    known = [name for _, name, acr in DIGID_LEVELS if acr in requested]
+    wanted = f"DigiD {known[0]} {t['or_higher']}" if known else "—"
     other = "en" if lang == "nl" else "nl"
     switch = f"{request.path}?{urlencode([*query.items(), ('lang', other)])}"
     body = f"""<p><a href="{escape(switch)}" lang="{other}">{escape(t["switch"])}</a></p>
