@@ -499,10 +499,12 @@ def _error_response(request: web.Request, exc: LoginError) -> web.Response:
     html = f"""<!doctype html>
 <html lang="nl"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{escape(title)} — Blauwe Knop</title></head>
-<body><main>
+<title>{escape(title)} — Blauwe Knop</title>
+<link rel="stylesheet" href="/static/gateway.css"></head>
+<body><header class="kop"><p class="merk">Blauwe Knop</p></header>
+<main id="inhoud">
 <h1>{escape(title)}</h1>
-<p>{escape(explanation)}</p>
+<p class="melding">{escape(explanation)}</p>
 <p><a href="/">Terug naar het begin</a></p>
 <p>Foutcode: <code>{escape(exc.error)}</code> · kenmerk <code>{escape(tx)}</code></p>
 <section lang="en" aria-labelledby="en-title">
