@@ -184,6 +184,13 @@ async def test_state_of_another_browser_is_refused_as_csrf(world: LoginWorld) ->
         await assert_refused(world, attacker, again, error="invalid_state", reason="unknown_state")
 
 
+async def test_authorization_response_from_another_issuer_is_refused(world: LoginWorld) -> None:
+    await world.knobs(wrong_response_iss=True)
+    async with world.browser() as browser:
+        answer = await world.login(browser)
+        await assert_refused(world, browser, answer, error="invalid_request", reason="iss_mismatch")
+
+
 async def test_tampered_state_is_refused(world: LoginWorld) -> None:
     async with world.browser() as browser:
         authorize = await world.start(browser)

@@ -333,6 +333,18 @@ async def _complete(request: web.Request) -> tuple[_NewSession, str]:
             "This callback belongs to a login started in another browser (CSRF protection). "
             "Start the login again in this browser.",
         )
+    # RFC 9207: the authorization response names its issuer; a mismatch is a mix-up attack.
+    client = app[OIDC_CLIENT]
+    meta = await client.metadata()
+    response_iss = query.get("iss")
+    iss_required = meta.document.get("authorization_response_iss_parameter_supported") is True
+    if (response_iss is not None or iss_required) and response_iss != oidc.issuer:
+        raise LoginError(
+            "invalid_request",
+            "iss_mismatch",
+            "The authorization response does not come from the configured identity provider "
+            "(RFC 9207 iss); start the login again.",
+        )
     if "error" in query:
         error = query["error"][:100]
         described = f"{error} {query.get('error_description', '')}".strip()[:400]
@@ -345,7 +357,6 @@ async def _complete(request: web.Request) -> tuple[_NewSession, str]:
     code = query.get("code")
     if not code or len(code) > 512:
         raise LoginError("invalid_request", "missing_code", "The callback carries no code.")
-    client = app[OIDC_CLIENT]
     id_token = await client.exchange_code(code, record["redirect_uri"], record["verifier"])
     login = await validate_id_token(
         id_token,

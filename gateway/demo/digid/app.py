@@ -19,6 +19,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from authlib.common.urls import add_params_to_uri
 from authlib.oauth2.rfc6749 import OAuth2Error
 from joserfc import jws
 from joserfc.errors import JoseError
@@ -193,8 +194,16 @@ def _adapter(
     return AiohttpRequest(method or request.method, uri, request.headers, query, form)
 
 
-def _to_aiohttp(result: tuple[int, Any, list[tuple[str, str]]]) -> web.Response:
+def _to_aiohttp(
+    result: tuple[int, Any, list[tuple[str, str]]], *, issuer: str | None = None
+) -> web.Response:
+    """authlib's (status, body, headers) as a response; `issuer` adds RFC 9207 `iss`."""
     status, body, headers = result
+    if issuer is not None:
+        headers = [
+            (n, add_params_to_uri(v, [("iss", issuer)]) if n.lower() == "location" else v)
+            for n, v in headers
+        ]
     if isinstance(body, dict):
         response = web.Response(status=status, body=orjson.dumps(body))
         response.content_type = "application/json"
@@ -271,7 +280,8 @@ async def _authorize(request: web.Request) -> web.Response:
         grant = provider.server.get_consent_grant(_adapter(request, query), end_user=None)
     except OAuth2Error as error:
         if error.redirect_uri:  # a verified redirect URI: tell the client
-            return _to_aiohttp(provider.server.handle_error_response(None, error))
+            result = provider.server.handle_error_response(None, error)
+            return _to_aiohttp(result, issuer=_response_issuer(provider))
         return _error_page(lang, f"{error.error}: {error.description}")
     pending = secrets.token_urlsafe(24)
     now = time.time()
@@ -354,7 +364,11 @@ async def _authorize_decision(request: web.Request) -> web.Response:
             return _error_page(lang, "choose one of the test citizens and a level")
         user = DigidUser(chosen.bsn, acr, int(time.time()))
     result = provider.server.create_authorization_response(adapter, grant_user=user, grant=grant)
-    return _to_aiohttp(result)
+    return _to_aiohttp(result, issuer=_response_issuer(provider))
+
+
+def _response_issuer(provider: Provider) -> str:
+    return "https://nep-digid.invalid" if provider.knobs.wrong_response_iss else provider.issuer
 
 
 async def _token(request: web.Request) -> web.Response:

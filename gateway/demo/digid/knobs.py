@@ -33,6 +33,7 @@ class IdTokenKnobs:
     acr: str = ""  # override the acr whatever the tester picked
     encryption: str = "auto"  # auto: as registered for the client; none, RSA-OAEP-256, ECDH-ES
     wrong_encryption_key: bool = False  # encrypt to a key that is not the client's
+    wrong_response_iss: bool = False  # RFC 9207: another issuer in the authorization response
 
     def update(self, values: dict[str, Any]) -> None:
         known = {f.name for f in fields(self)}

@@ -352,6 +352,7 @@ class Provider:
             "token_endpoint_auth_methods_supported": ["private_key_jwt"],
             "token_endpoint_auth_signing_alg_values_supported": CLIENT_ASSERTION_ALGS,
             "code_challenge_methods_supported": ["S256"],
+            "authorization_response_iss_parameter_supported": True,
             "request_parameter_supported": False,
             "x_niet_voor_productie": "stand-in DigiD: only for tests and demos",
         }
