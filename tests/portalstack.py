@@ -79,6 +79,13 @@ def write_policies(target: Path, test_key: ClientKey, other_key: ClientKey) -> P
             f"jwks = {_toml_inline(orjson.loads(jwks))}\n"
         )
 
+    (target / "purposes" / "hoog-test.toml").write_text(
+        'purpose_id = "hoog-test"\nscopes = ["inkomen"]\norganisaties = ["uwv"]\n'
+        'min_acr = "http://eidas.europa.eu/LoA/high"\n'
+        '[naam]\nnl = "Test hoog"\nen = "Test high"\n'
+        '[omschrijving]\nnl = "Alleen voor tests."\nen = "Tests only."\n'
+        '[grondslag]\nnl = "Geen: test"\nen = "None: test"\n'
+    )
     portal(
         "test-portaal",
         test_key,
@@ -90,7 +97,7 @@ def write_policies(target: Path, test_key: ClientKey, other_key: ClientKey) -> P
         "ander-portaal",
         other_key,
         OTHER_REDIRECT,
-        ["schuldhulp-intake", "inzage-avg"],
+        ["schuldhulp-intake", "inzage-avg", "hoog-test"],
         list(ALL_SCOPES),
     )
     return target

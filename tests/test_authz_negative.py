@@ -19,6 +19,8 @@ import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from gateway.app import AUDIT
+from gateway.demo.journey import Browser, LoopbackCookieJar, fill_consent_form, fill_login_form
 from gateway.demo.portal.keys import new_client_key, public_jwk
 from gateway.demo.portal.oauth import (
     CLIENT_ASSERTION_TYPE,
@@ -613,3 +615,77 @@ async def test_xml_and_pdf_are_not_acceptable_yet(world: PortalStack) -> None:
         proof = dpop_proof(key, "GET", bundle_url(world), access_token=token)
         async with await get_bundle(world, token, proof, accept=accept) as response:
             await oauth_error(response, 406, "not_acceptable")
+
+
+async def test_code_bound_to_a_dpop_key_at_par(world: PortalStack) -> None:
+    """A DPoP proof at PAR binds the code: redeeming it with another key is refused."""
+    bound = ec.generate_private_key(ec.SECP256R1())
+    form = par_form(world, world.test)
+    proof = dpop_proof(bound, "POST", f"{world.url}/par")
+    async with world.session.post(f"{world.url}/par", data=form, headers={"DPoP": proof}) as r:
+        assert r.status == 201, await r.text()
+        request_uri = (await r.json())["request_uri"]
+    assert request_uri.startswith("urn:ietf:params:oauth:request_uri:")
+    mismatch = par_form(world, world.test, dpop_jkt="A" * 43)
+    async with world.session.post(
+        f"{world.url}/par",
+        data=mismatch,
+        headers={"DPoP": dpop_proof(bound, "POST", f"{world.url}/par")},
+    ) as r:
+        await oauth_error(r, 400, "invalid_dpop_proof")
+
+
+async def test_dpop_proof_with_a_symmetric_algorithm(world: PortalStack) -> None:
+    back = await authorize(world, world.test)
+    form = token_form(world, world.test, back.params["code"], back.started.pkce.verifier)
+    claims = {
+        "htm": "POST",
+        "htu": f"{world.url}/token",
+        "iat": int(time.time()),
+        "jti": "hs-12345678",
+    }
+    forged = jwt.encode(
+        claims, "geheim" * 8, algorithm="HS256", headers={"typ": "dpop+jwt", "jwk": {"kty": "oct"}}
+    )
+    async with world.session.post(
+        f"{world.url}/token", data=form, headers={"DPoP": forged}
+    ) as response:
+        await oauth_error(response, 400, "invalid_dpop_proof")
+
+
+async def test_nothing_is_issued_when_the_store_is_unavailable(world: PortalStack) -> None:
+    back = await authorize(world, world.test)
+    await world.stack.app[AUDIT].store.close()
+    form = token_form(world, world.test, back.params["code"], back.started.pkce.verifier)
+    async with await post_token(world, form, ec.generate_private_key(ec.SECP256R1())) as r:
+        await oauth_error(r, 503, "temporarily_unavailable")
+    authorize_url = (
+        f"{world.url}/authorize?client_id=test-portaal"
+        "&request_uri=urn:ietf:params:oauth:request_uri:x"
+    )
+    async with world.session.get(authorize_url, allow_redirects=False) as response:
+        assert response.status == 503
+        assert "Location" not in response.headers
+
+
+async def test_purpose_that_needs_a_higher_level_refuses_a_lower_login(
+    world: PortalStack,
+) -> None:
+    """A purpose registered with min_acr high: a DigiD Substantieel login gets no consent page."""
+    for level, expected in (("substantieel", 403), ("hoog", 200)):
+        started = await world.other.push(world.session, purpose_id="hoog-test", scopes=["inkomen"])
+        async with aiohttp.ClientSession(cookie_jar=LoopbackCookieJar()) as browser_session:
+            browser = Browser(browser_session)
+            page = await browser.open("authorize", "GET", started.authorize_url)
+            form, pairs = fill_login_form(page.html, CITIZEN_A, level)
+            page = await browser.send_form("login", page.url, form, pairs, expect=expected)
+            if expected == 403:
+                assert "/toestemming/" not in page.url
+                assert "inlogniveau" in page.html
+                continue
+            assert "/toestemming/" in page.url
+            form, pairs = fill_consent_form(page.html)
+            back = await browser.send_form(
+                "consent", page.url, form, pairs, stop_at=world.other.redirect_uri
+            )
+            assert "code=" in back.url

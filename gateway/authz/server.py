@@ -48,7 +48,7 @@ from gateway.authz.registry import CLIENT_KEY_ALGORITHMS, Registry
 from gateway.errors import OAuthError
 from gateway.jws import b64url
 from gateway.login import begin_login, current_citizen
-from gateway.store import Store
+from gateway.store import Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +75,12 @@ def add_routes(app: web.Application, registry: Registry) -> None:
     app[REGISTRY] = registry
     app.router.add_get(PATH_METADATA, _metadata)
     app.router.add_post(PATH_PAR, _json_errors(_par))
-    app.router.add_get(PATH_AUTHORIZE, _authorize)
-    app.router.add_post(PATH_AUTHORIZE, _authorize)
-    app.router.add_get(PATH_CONSENT, _consent_page)
-    app.router.add_post(PATH_CONSENT, _consent_decision)
+    app.router.add_get(PATH_AUTHORIZE, _html_errors(_authorize))
+    app.router.add_post(PATH_AUTHORIZE, _html_errors(_authorize))
+    app.router.add_get(PATH_CONSENT, _html_errors(_consent_page))
+    app.router.add_post(PATH_CONSENT, _html_errors(_consent_decision))
     app.router.add_post(PATH_TOKEN, _json_errors(_token))
-    app.router.add_get(PATH_BUNDEL, _bundel)
+    app.router.add_get(PATH_BUNDEL, _json_errors(_bundel))
     app.router.add_get("/static/{name}", _static)
 
 
@@ -132,6 +132,33 @@ def _json_errors(
         except OAuthError as error:
             log.info("oauth error", extra={"error": error.error, "path": request.path})
             return _oauth_json(error)
+        except StoreUnavailable:
+            log.exception("store unavailable; nothing issued")
+            return _oauth_json(_UNAVAILABLE)
+
+    return wrapped
+
+
+_UNAVAILABLE = OAuthError(
+    "temporarily_unavailable",
+    "the gateway cannot store or read its records right now, so nothing is issued; try again",
+    503,
+)
+
+
+def _html_errors(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """For the citizen's pages: OAuth errors and an unavailable store as an error page."""
+
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except OAuthError as error:
+            return _html_error(request, error)
+        except StoreUnavailable:
+            log.exception("store unavailable; no consent recorded, nothing issued")
+            return _html_error(request, _UNAVAILABLE)
 
     return wrapped
 
@@ -269,13 +296,6 @@ def _html_error(request: web.Request, error: OAuthError) -> web.Response:
 
 
 async def _authorize(request: web.Request) -> web.StreamResponse:
-    try:
-        return await _authorize_checked(request)
-    except OAuthError as error:
-        return _html_error(request, error)
-
-
-async def _authorize_checked(request: web.Request) -> web.StreamResponse:
     params = request.query
     if request.method == "POST" or "request_uri" not in params:
         raise OAuthError(
@@ -364,10 +384,7 @@ def _consent_csp(redirect_uri: str) -> str:
 
 
 async def _consent_page(request: web.Request) -> web.StreamResponse:
-    try:
-        tx, transaction = await _transaction(request, take=False)
-    except OAuthError as error:
-        return _html_error(request, error)
+    tx, transaction = await _transaction(request, take=False)
     return await _render_consent(request, tx, transaction, None)
 
 
@@ -409,10 +426,7 @@ def _redirect(authorization: AuthorizationRequest, base: str, **params: str) -> 
 
 
 async def _consent_decision(request: web.Request) -> web.StreamResponse:
-    try:
-        tx, transaction = await _transaction(request, take=False)
-    except OAuthError as error:
-        return _html_error(request, error)
+    tx, transaction = await _transaction(request, take=False)
     citizen = await current_citizen(request)
     if citizen is None:
         return _html_error(
