@@ -114,7 +114,9 @@ async def test_citizen_journey_in_a_real_browser(world: PortalStack, output: Pat
 
         # 4. Back at the portal: the overview and the downloads.
         await page.wait_for_url(re.compile(r".*/schuldhulp/resultaat.*"))
+        await page.get_by_role("heading", name="Uw gegevens zijn opgehaald").wait_for()
         await shot(page, "4-resultaat")
+        await no_wcag_violations(page, "the portal's result page")
         async with page.expect_download() as download_info:
             await page.get_by_role("link", name=re.compile("JSON")).click()
         download = await download_info.value

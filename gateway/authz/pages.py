@@ -48,6 +48,12 @@ _TEXT: dict[str, dict[Lang, str]] = {
         "nl": "Na uw keuze gaat u terug naar {portal}. Uw keuze wordt vastgelegd.",
         "en": "After your choice you return to {portal}. Your choice is recorded.",
     },
+    "once": {
+        "nl": "Uw toestemming geldt alleen nu: {portal} kan uw gegevens de komende {minutes} "
+        "minuten ophalen, daarna niet meer.",
+        "en": "Your consent is for now only: {portal} can collect your data in the next "
+        "{minutes} minutes, not after that.",
+    },
     "switch": {"nl": "English", "en": "Nederlands"},
     "switch_label": {"nl": "Read this page in English", "en": "Lees deze pagina in het Nederlands"},
     "error_title": {"nl": "Er ging iets mis", "en": "Something went wrong"},
@@ -104,6 +110,7 @@ def consent_page(
     categories: Sequence[Category],
     organisations: Sequence[OrganisationChoice],
     switch_href: str,
+    token_seconds: int,
     message: str | None = None,
 ) -> str:
     nl = lang == "nl"
@@ -144,6 +151,7 @@ def consent_page(
 <p class="hint">{t("orgs_hint", lang)}</p>
 {org_items}
 </fieldset>
+<p>{t("once", lang, portal=portal.name, minutes=str(max(1, token_seconds // 60)))}</p>
 <p>{t("after", lang, portal=portal.name)}</p>
 <div class="knoppen">
 <button type="submit" name="besluit" value="geven" class="primair">{t("give", lang)}</button>

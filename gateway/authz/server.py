@@ -412,6 +412,7 @@ async def _render_consent(
         categories=[registry.categories[s] for s in authorization.scopes],
         organisations=_choices(request, transaction),
         switch_href=path + ("" if lang == "en" else "?lang=en"),
+        token_seconds=request.app[SETTINGS].authz.access_token_seconds,
         message=message,
     )
     response = web.Response(text=html, content_type="text/html")
