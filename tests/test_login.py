@@ -361,3 +361,15 @@ async def test_a_new_login_ends_the_earlier_session(world: LoginWorld) -> None:
         assert (await world.login(browser, bsn="999990019")).status == 303
         assert (await world.session_info(browser))["burger"] == world.pseudonym("999990019")
     assert await as_thief(first) == {"ingelogd": False}
+
+
+async def test_logins_are_counted_in_metrics(world: LoginWorld) -> None:
+    async with world.browser() as browser:
+        assert (await world.login(browser)).status == 303
+        await world.knobs(wrong_aud=True)
+        assert (await world.login(browser)).status == 400
+        async with browser.get(f"{world.gateway}/metrics") as response:
+            metrics = await response.text()
+    assert 'blauweknop_logins_total{fout="",outcome="geslaagd"} 1.0' in metrics
+    assert 'blauweknop_logins_total{fout="invalid_id_token",outcome="geweigerd"} 1.0' in metrics
+    assert EVERYWHERE not in metrics

@@ -18,6 +18,7 @@ import orjson
 from aiohttp import web
 from authlib.common.security import generate_token
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
+from prometheus_client import Counter
 
 from gateway.assurance import EIDAS_LEVELS, at_least, provider_values_for
 from gateway.errors import LoginError
@@ -40,6 +41,7 @@ BINDING_COOKIE = "bk-login"
 _LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 OIDC_CLIENT = web.AppKey("oidc_client", OidcClient)
+LOGINS = web.AppKey("login_counter", Counter)
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +227,14 @@ async def current_citizen(request: web.Request) -> Citizen | None:
 
 def setup(app: web.Application) -> None:
     """Add the login routes and the provider client; call from `create_app`."""
+    from gateway import app as gateway_app
+
+    app[LOGINS] = Counter(
+        "blauweknop_logins",
+        "Citizen logins by outcome, and for refusals the error code.",
+        ["outcome", "fout"],
+        registry=app[gateway_app.METRICS].registry,
+    )
     app.cleanup_ctx.append(_oidc_client)
     app.router.add_get("/login", _login_start)
     app.router.add_get(CALLBACK_PATH, _callback)
@@ -280,9 +290,11 @@ async def _callback(request: web.Request) -> web.StreamResponse:
         except StoreUnavailable:
             log.exception("refused login not recorded")
         log.info("login refused", extra={"fout": exc.error, "reden": exc.reason})
+        request.app[LOGINS].labels("geweigerd", exc.error).inc()
         response = _error_response(request, exc)
         _clear_cookie(response, request, BINDING_COOKIE)
         return response
+    request.app[LOGINS].labels("geslaagd", "").inc()
     # A new login replaces any earlier session of this browser (no session fixation).
     previous = _cookie(request, SESSION_COOKIE)
     if previous and len(previous) <= 128:
