@@ -46,6 +46,19 @@ class PortalStack:
     test: PortalClient  # test-portaal: purpose inzage-avg; scopes financiele-zaken, contactgegevens
     other: PortalClient  # ander-portaal: every purpose and scope
     runners: list[web.AppRunner] = field(default_factory=list)
+    digid_url: str = ""
+
+    async def register_gateways(self, *urls: str) -> None:
+        """Tell the stand-in DigiD where the gateway's (replicas') login callbacks are."""
+        registration = {
+            "redirect_uris": [f"{u}/login/callback" for u in urls],
+            "jwks_uri": f"{urls[0]}/login/jwks.json",
+            "id_token_encrypted_response_alg": "RSA-OAEP-256",
+        }
+        async with self.session.put(
+            f"{self.digid_url}/_sandbox/clients/blauweknop-gateway", json=registration
+        ) as response:
+            assert response.status == 200, await response.text()
 
     @property
     def url(self) -> str:
@@ -130,15 +143,6 @@ async def start_portal_stack(
         **overrides,
     )
     runners.append(digid.runner)
-    registration = {
-        "redirect_uris": [f"{stack.url}/login/callback"],
-        "jwks_uri": f"{stack.url}/login/jwks.json",
-        "id_token_encrypted_response_alg": "RSA-OAEP-256",
-    }
-    async with stack.session.put(
-        f"{digid.url}/_sandbox/clients/blauweknop-gateway", json=registration
-    ) as response:
-        assert response.status == 200, await response.text()
     portal_url = f"http://127.0.0.1:{portal_port}"
     config = PortalConfig(
         gateway_url=stack.url, public_url=portal_url, key=ensure_client_key(state_dir)
@@ -146,13 +150,16 @@ async def start_portal_stack(
     runner = web.AppRunner(create_portal_app(config), access_log=None, shutdown_timeout=0.5)
     await runner.setup()
     await web.SockSite(runner, sock).start()
-    return PortalStack(
+    made = PortalStack(
         stack,
         portal_url,
         PortalClient(stack.url, "test-portaal", test_key, TEST_REDIRECT),
         PortalClient(stack.url, "ander-portaal", other_key, OTHER_REDIRECT),
         [runner, *runners],
+        digid.url,
     )
+    await made.register_gateways(stack.url)
+    return made
 
 
 async def stop_portal_stack(made: PortalStack) -> None:

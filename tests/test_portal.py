@@ -11,26 +11,30 @@ import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gateway.app import AUDIT
+from connectors._sandbox.runner import serve_app
+from gateway.app import AUDIT, create_app
 from gateway.authz.registry import Registry
 from gateway.config import DEFAULT_POLICIES_DIR
 from gateway.demo.journey import (
     Browser,
     LoopbackCookieJar,
+    fill_consent_form,
     fill_login_form,
     gateway_trust,
     run_journey,
 )
 from gateway.demo.portal.keys import ensure_client_key, jwks_document, new_client_key
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, OAuthError
 from gateway.pki import DevPki
 from gateway.verify import verify_compact
 from tests.portalstack import PortalStack, authorize, start_portal_stack, stop_portal_stack
@@ -275,3 +279,46 @@ def test_demo_command_starts_its_own_stack_and_writes_a_verified_file(tmp_path: 
     )
     assert later.returncode == 2
     assert "certified-documents" in later.stderr
+
+
+async def test_two_replicas_share_every_step_through_the_store(world: PortalStack) -> None:
+    """Request URIs, logins, consent transactions, codes, tokens and revocations live in the
+    store, so a second gateway on the same store serves any step of a flow begun at the first."""
+    replica, port = await serve_app(create_app(world.stack.settings))
+    second = f"http://127.0.0.1:{port}"
+    try:
+        await world.register_gateways(world.url, second)
+        first_client = world.test
+        second_client = replace(world.test, gateway_url=second)
+        started = await first_client.push(
+            world.session, purpose_id="inzage-avg", scopes=["financiele-zaken"]
+        )
+        async with aiohttp.ClientSession(cookie_jar=LoopbackCookieJar()) as browser_session:
+            browser = Browser(browser_session)
+            # The browser reaches the second replica with the first one's request_uri.
+            page = await browser.open(
+                "authorize", "GET", started.authorize_url.replace(world.url, second)
+            )
+            form, pairs = fill_login_form(page.html, EVERYWHERE, "substantieel")
+            page = await browser.send_form("login", page.url, form, pairs)
+            assert page.url.startswith(f"{second}/toestemming/")
+            form, pairs = fill_consent_form(page.html)
+            back = await browser.send_form(
+                "consent", page.url, form, pairs, stop_at=first_client.redirect_uri
+            )
+        code = parse_qs(urlsplit(back.url).query)["code"][0]
+        key = ec.generate_private_key(ec.SECP256R1())
+        token = await first_client.redeem(
+            world.session, code=code, verifier=started.pkce.verifier, dpop_key=key
+        )
+        download = await second_client.download(world.session, access_token=token, dpop_key=key)
+        assert orjson.loads(download.body)["bundel"]["bsn"] == EVERYWHERE
+        # Replaying the code at the second replica is caught, and revokes the token everywhere.
+        with pytest.raises(OAuthError, match="invalid_grant"):
+            await second_client.redeem(
+                world.session, code=code, verifier=started.pkce.verifier, dpop_key=key
+            )
+        with pytest.raises(OAuthError, match="invalid_token"):
+            await first_client.download(world.session, access_token=token, dpop_key=key)
+    finally:
+        await replica.cleanup()
