@@ -6,10 +6,13 @@ Everything over real sockets; the citizen's browser is the journey's scripted br
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
+import secrets
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -17,9 +20,11 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
+import jwt
 import orjson
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from connectors._sandbox.runner import serve_app
 from gateway.app import AUDIT, create_app
@@ -34,6 +39,7 @@ from gateway.demo.journey import (
     run_journey,
 )
 from gateway.demo.portal.keys import ensure_client_key, jwks_document, new_client_key
+from gateway.demo.portal.oauth import CLIENT_ASSERTION_TYPE, client_assertion
 from gateway.errors import ConfigError, OAuthError
 from gateway.pki import DevPki
 from gateway.verify import verify_compact
@@ -322,3 +328,44 @@ async def test_two_replicas_share_every_step_through_the_store(world: PortalStac
             await first_client.download(world.session, access_token=token, dpop_key=key)
     finally:
         await replica.cleanup()
+
+
+async def test_dpop_with_an_ed25519_key(world: PortalStack) -> None:
+    """EdDSA proofs are accepted as well as ES256: the token is bound to the Ed25519 key."""
+    back = await authorize(world, world.test)
+    key = ed25519.Ed25519PrivateKey.generate()
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    jwk = {"kty": "OKP", "crv": "Ed25519", "x": base64.urlsafe_b64encode(raw).rstrip(b"=").decode()}
+
+    def proof(method: str, url: str, token: str | None = None) -> str:
+        claims: dict[str, Any] = {
+            "htm": method,
+            "htu": url,
+            "iat": int(time.time()),
+            "jti": secrets.token_urlsafe(16),
+        }
+        if token is not None:
+            digest = hashlib.sha256(token.encode()).digest()
+            claims["ath"] = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+        return jwt.encode(claims, key, algorithm="EdDSA", headers={"typ": "dpop+jwt", "jwk": jwk})
+
+    form = {
+        "grant_type": "authorization_code",
+        "code": back.params["code"],
+        "redirect_uri": world.test.redirect_uri,
+        "code_verifier": back.started.pkce.verifier,
+        "client_assertion_type": CLIENT_ASSERTION_TYPE,
+        "client_assertion": client_assertion(world.test.key, "test-portaal", world.url),
+    }
+    async with world.session.post(
+        f"{world.url}/token", data=form, headers={"DPoP": proof("POST", f"{world.url}/token")}
+    ) as response:
+        assert response.status == 200, await response.text()
+        token = (await response.json())["access_token"]
+    headers = {
+        "Authorization": f"DPoP {token}",
+        "DPoP": proof("GET", f"{world.url}/v1/bundel", token),
+    }
+    async with world.session.get(f"{world.url}/v1/bundel", headers=headers) as response:
+        assert response.status == 200, await response.text()
+        assert orjson.loads(await response.read())["bundel"]["bsn"] == EVERYWHERE
