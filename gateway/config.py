@@ -103,6 +103,7 @@ class OidcSettings:
     read_timeout: float = 5.0
     max_body_bytes: int = 256 * 1024
     jwks_refetch_seconds: float = 60.0
+    jwks_max_age_seconds: float = 3600.0
     session_seconds: int = 900
     login_seconds: int = 600
 
@@ -441,6 +442,7 @@ def _oidc(table: Mapping[str, Any], mode: str, sandbox_host: str, base_port: int
         read_timeout=_float(table, "read_timeout", 5.0),
         max_body_bytes=_int(table, "max_body_bytes", 256 * 1024),
         jwks_refetch_seconds=_float(table, "jwks_refetch_seconds", 60.0),
+        jwks_max_age_seconds=_float(table, "jwks_max_age_seconds", 3600.0),
         session_seconds=_int(table, "session_seconds", 900),
         login_seconds=_int(table, "login_seconds", 600),
     )

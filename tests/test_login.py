@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -373,3 +374,17 @@ async def test_logins_are_counted_in_metrics(world: LoginWorld) -> None:
     assert 'blauweknop_logins_total{fout="",outcome="geslaagd"} 1.0' in metrics
     assert 'blauweknop_logins_total{fout="invalid_id_token",outcome="geweigerd"} 1.0' in metrics
     assert EVERYWHERE not in metrics
+
+
+async def test_the_jwks_is_refreshed_when_old(state_dir: Path) -> None:
+    async with (
+        login_world(state_dir, jwks_max_age_seconds=1.5) as world,
+        world.browser() as browser,
+    ):
+        assert (await world.login(browser)).status == 303
+        before = (await world.stats())["jwks_requests"]
+        assert (await world.login(browser)).status == 303
+        assert (await world.stats())["jwks_requests"] == before  # still fresh: no fetch
+        await asyncio.sleep(1.6)
+        assert (await world.login(browser)).status == 303
+        assert (await world.stats())["jwks_requests"] == before + 1

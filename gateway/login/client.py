@@ -63,7 +63,7 @@ class OidcClient:
         self._metadata_failed_at = 0.0
         self._metadata_lock = asyncio.Lock()
         self._jwks: dict[str, RSAKey | ECKey] = {}
-        self._jwks_fetched = False
+        self._jwks_fetched_at = float("-inf")
         self._jwks_lock = asyncio.Lock()
         self._last_kid_refetch = float("-inf")
         self.jwks_fetches = 0
@@ -128,7 +128,8 @@ class OidcClient:
 
     async def signing_key(self, kid: str | None, alg: str) -> RSAKey | ECKey:
         """The provider's key for this `kid`; an unknown kid refetches the JWKS, rate-limited."""
-        if not self._jwks_fetched:
+        # Refreshed when old, so a key the provider withdrew stops being trusted.
+        if time.monotonic() - self._jwks_fetched_at > self.settings.jwks_max_age_seconds:
             await self._refresh_jwks()
         key = self._pick(kid, alg)
         if key is None:
@@ -172,7 +173,7 @@ class OidcClient:
                     assert key.kid is not None
                     keys[key.kid] = key
             self._jwks = keys
-            self._jwks_fetched = True
+            self._jwks_fetched_at = time.monotonic()
 
     def authorization_url(
         self,
