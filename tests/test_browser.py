@@ -54,12 +54,13 @@ async def no_wcag_violations(page: Page, what: str) -> None:
 
 
 @pytest.fixture
-def output() -> Path:
+def output(capsys: pytest.CaptureFixture[str]) -> Path:
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian's chromium is missing: run deploy/dev/system-packages.sh")
     shutil.rmtree(OUTPUT, ignore_errors=True)
     OUTPUT.mkdir(parents=True)
-    print(f"\nbrowser screenshots: {OUTPUT}")
+    with capsys.disabled():
+        print(f"\nbrowser screenshots: {OUTPUT}")
     return OUTPUT
 
 
@@ -122,6 +123,12 @@ async def test_citizen_journey_in_a_real_browser(world: PortalStack, output: Pat
         download = await download_info.value
         saved = OUTPUT / "bundel.json"
         await download.save_as(saved)
+
+        # 5. An error at the gateway is a page too (Dutch first, English below), never a redirect.
+        await page.goto(f"{world.url}/authorize?client_id=test-portaal")
+        await page.get_by_role("heading", name="Er ging iets mis").wait_for()
+        await shot(page, "5-foutpagina")
+        await no_wcag_violations(page, "the gateway's error page")
         await browser.close()
 
     verdict = verify_download(saved.read_bytes(), await gateway_trust(world.session, world.url))

@@ -162,8 +162,14 @@ def consent_page(
 
 
 def error_page(*, lang: Lang, error: str, description: str, switch_href: str | None) -> str:
+    """Dutch first, then English, on one page: the address that failed cannot be asked again."""
+    other: Lang = "en" if lang == "nl" else "nl"
     body = f"""<h1>{t("error_title", lang)}</h1>
 <p role="alert">{t("error_back", lang)}</p>
 <p>{t("error_code", lang)}: <code>{escape(error)}</code></p>
-<p lang="en">{escape(description)}</p>"""
+<p lang="en">{escape(description)}</p>
+<section lang="{other}" aria-labelledby="anders">
+<h2 id="anders">{t("error_title", other)}</h2>
+<p>{t("error_back", other)}</p>
+</section>"""
     return _page(lang, t("error_title", lang), body, switch_href)

@@ -277,7 +277,7 @@ async def _start(request: web.Request) -> web.StreamResponse:
     if purpose not in PURPOSES or request.query.get("client_id", config.client_id) != (
         config.client_id
     ):
-        raise web.HTTPBadRequest(text="unknown purpose or client")
+        raise web.HTTPBadRequest(text="Onbekend doel of portaal. / Unknown purpose or client.")
     client = PortalClient(config.gateway_url, config.client_id, config.key, config.redirect_uri)
     started = await client.push(request.app[HTTP], purpose_id=purpose, scopes=SCOPES, lang=lang)
     sid = secrets.token_urlsafe(32)
@@ -302,16 +302,24 @@ async def _callback(request: web.Request) -> web.StreamResponse:
     config = request.app[CONFIG]
     found = _session(request)
     if found is None or found[1].state is None:
-        raise web.HTTPBadRequest(text="no authorization in progress: start again")
+        raise web.HTTPBadRequest(
+            text="Er loopt geen aanvraag: begin opnieuw. / No request in progress: start again."
+        )
     sid, current = found
     lang = current.lang
     if not secrets.compare_digest(request.query.get("state", ""), current.state or ""):
-        raise web.HTTPBadRequest(text="state mismatch: start again")
+        raise web.HTTPBadRequest(
+            text="Dit antwoord hoort niet bij uw aanvraag: begin opnieuw. / "
+            "This answer does not belong to your request (state): start again."
+        )
     client = PortalClient(config.gateway_url, config.client_id, config.key, config.redirect_uri)
     session = request.app[HTTP]
     meta = await client.metadata(session)
     if request.query.get("iss") != meta.issuer:
-        raise web.HTTPBadRequest(text="the answer does not come from the gateway (iss)")
+        raise web.HTTPBadRequest(
+            text="Dit antwoord komt niet van de Blauwe Knop: begin opnieuw. / "
+            "This answer does not come from the gateway (iss): start again."
+        )
     done = replace(current, state=None, verifier=None)
     if "error" in request.query:
         refused = request.query["error"] == "access_denied"
@@ -386,7 +394,10 @@ async def _download(request: web.Request) -> web.Response:
     kinds = {"bundel.json": ("json", "application/json"), "bundel.jws": ("jws", "application/jose")}
     found = _session(request)
     if name not in kinds or found is None or kinds[name][0] not in found[1].downloads:
-        raise web.HTTPNotFound(text="nothing to download: start at the application page")
+        raise web.HTTPNotFound(
+            text="Er is niets te downloaden: begin bij de aanmeldpagina. / "
+            "Nothing to download: start at the application page."
+        )
     kind, media = kinds[name]
     response = web.Response(body=found[1].downloads[kind], content_type=media)
     response.headers["Content-Disposition"] = f'attachment; filename="blauwe-knop-{name}"'
