@@ -180,7 +180,10 @@ async def _begin(request: web.Request, return_to: str, min_acr: str | None) -> w
     state = secrets.token_urlsafe(32)
     nonce = secrets.token_urlsafe(32)
     verifier = generate_token(64)
-    binding = _cookie(request, BINDING_COOKIE) or secrets.token_urlsafe(32)
+    # Logins started in several tabs share one binding, so each tab's callback still fits.
+    binding = _cookie(request, BINDING_COOKIE)
+    if binding is None or not 32 <= len(binding) <= 128:
+        binding = secrets.token_urlsafe(32)
     callback = redirect_uri(request)
     record = {
         "nonce": nonce,
@@ -190,9 +193,18 @@ async def _begin(request: web.Request, return_to: str, min_acr: str | None) -> w
         "binding": _digest(binding),
         "redirect_uri": callback,
     }
-    stored = await _audit(request.app).store.put_new(
-        STATE_NAMESPACE, state, orjson.dumps(record), oidc.login_seconds
-    )
+    try:
+        stored = await _audit(request.app).store.put_new(
+            STATE_NAMESPACE, state, orjson.dumps(record), oidc.login_seconds
+        )
+    except StoreUnavailable as exc:
+        raise LoginError(
+            "temporarily_unavailable",
+            "store_unavailable",
+            "The login could not be started because the gateway's store is unavailable. "
+            "Try again later.",
+            status=503,
+        ) from exc
     assert stored, "a fresh random state cannot exist yet"
     location = client.authorization_url(
         meta,
@@ -292,7 +304,6 @@ async def _callback(request: web.Request) -> web.StreamResponse:
         log.info("login refused", extra={"fout": exc.error, "reden": exc.reason})
         request.app[LOGINS].labels("geweigerd", exc.error).inc()
         response = _error_response(request, exc)
-        _clear_cookie(response, request, BINDING_COOKIE)
         return response
     request.app[LOGINS].labels("geslaagd", "").inc()
     # A new login replaces any earlier session of this browser (no session fixation).
@@ -301,7 +312,6 @@ async def _callback(request: web.Request) -> web.StreamResponse:
         with contextlib.suppress(StoreUnavailable):
             await trail.store.take(SESSION_NAMESPACE, _digest(previous))
     response = _see_other(return_to)
-    _clear_cookie(response, request, BINDING_COOKIE)
     _set_cookie(
         response,
         request,
