@@ -9,10 +9,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+from joserfc.jwk import ECKey
 from yarl import URL
 
 from gateway.app import AUDIT
-from tests.login_world import EVERYWHERE, Callback, LoginWorld, login_world, query_of
+from tests.login_world import CLIENT_ID, EVERYWHERE, Callback, LoginWorld, login_world, query_of
 
 
 @pytest.fixture
@@ -419,3 +420,28 @@ async def test_no_login_without_a_working_store(state_dir: Path, tmp_path: Path)
         ) as response:
             assert response.status == 503
             assert (await response.json(content_type=None))["reden"] == "store_unavailable"
+
+
+async def test_provider_refusing_our_client_assertion_ends_the_login(world: LoginWorld) -> None:
+    stranger = ECKey.generate_key("P-256", {"use": "sig"})
+    async with (
+        aiohttp.ClientSession() as control,
+        control.put(
+            f"{world.digid.url}/_sandbox/clients/{CLIENT_ID}",
+            json={
+                "redirect_uris": [f"{world.gateway}/login/callback"],
+                "jwks": {"keys": [stranger.as_dict()]},  # not the gateway's key
+            },
+        ) as response,
+    ):
+        assert response.status == 200
+    async with world.browser() as browser:
+        answer = await world.login(browser)
+        await assert_refused(
+            world,
+            browser,
+            answer,
+            error="token_request_refused",
+            reason="invalid_client",
+            status=502,
+        )
