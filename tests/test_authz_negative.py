@@ -192,6 +192,10 @@ async def test_unknown_client_at_par(world: PortalStack) -> None:
     form = par_form(world, stranger)
     async with await post_par(world, form) as response:
         await oauth_error(response, 401, "invalid_client")
+        assert "X-Authz-Outcome" not in response.headers
+    async with world.session.get(f"{world.url}/metrics") as response:
+        metrics = await response.text()
+    assert 'blauweknop_authz_total{endpoint="par",outcome="invalid_client"} 1.0' in metrics
 
 
 async def test_unknown_client_at_authorize(world: PortalStack) -> None:
@@ -471,6 +475,18 @@ async def test_consent_refused_gives_no_code(world: PortalStack) -> None:
     assert "code" not in back.params
     assert back.params["state"] == back.started.state
     assert back.params["iss"] == world.url
+    refusals = [
+        e
+        for e in await world.stack.app[AUDIT].store.unsent(1_000_000)
+        if b"toestemming.geweigerd" in e.payload
+    ]
+    data = orjson.loads(refusals[-1].payload)["data"]
+    assert data["burger"] == world.stack.app[AUDIT].key.pseudonym(CITIZEN_A)
+    assert data["organisaties"] == []
+    assert data["client_id"] == "test-portaal"
+    async with world.session.get(f"{world.url}/metrics") as response:
+        metrics = await response.text()
+    assert 'blauweknop_authz_total{endpoint="consent",outcome="access_denied"} 1.0' in metrics
 
 
 async def test_consent_form_of_another_session(world: PortalStack) -> None:

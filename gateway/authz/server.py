@@ -22,8 +22,9 @@ from urllib.parse import urlencode, urlsplit
 
 import orjson
 from aiohttp import web
+from prometheus_client import Counter
 
-from gateway.app import AUDIT, ISSUER, SESSION, SETTINGS, TRANSACTIE_ID, release
+from gateway.app import AUDIT, ISSUER, METRICS, SESSION, SETTINGS, TRANSACTIE_ID, release
 from gateway.assurance import at_least
 from gateway.authz import pages
 from gateway.authz.grants import (
@@ -53,6 +54,7 @@ from gateway.store import Store, StoreUnavailable
 log = logging.getLogger(__name__)
 
 REGISTRY = web.AppKey("authz_registry", Registry)
+OUTCOMES = web.AppKey("authz_outcomes", Counter)
 REQUEST_URI_PREFIX = "urn:ietf:params:oauth:request_uri:"
 JSON = "application/json"
 JOSE = "application/jose"
@@ -73,14 +75,20 @@ PATH_BUNDEL = "/v1/bundel"
 
 def add_routes(app: web.Application, registry: Registry) -> None:
     app[REGISTRY] = registry
+    app[OUTCOMES] = Counter(
+        "blauweknop_authz",
+        "Authorization server requests by endpoint and outcome (ok, or the OAuth error code).",
+        ["endpoint", "outcome"],
+        registry=app[METRICS].registry,
+    )
     app.router.add_get(PATH_METADATA, _metadata)
-    app.router.add_post(PATH_PAR, _json_errors(_par))
-    app.router.add_get(PATH_AUTHORIZE, _html_errors(_authorize))
-    app.router.add_post(PATH_AUTHORIZE, _html_errors(_authorize))
-    app.router.add_get(PATH_CONSENT, _html_errors(_consent_page))
-    app.router.add_post(PATH_CONSENT, _html_errors(_consent_decision))
-    app.router.add_post(PATH_TOKEN, _json_errors(_token))
-    app.router.add_get(PATH_BUNDEL, _json_errors(_bundel))
+    app.router.add_post(PATH_PAR, _json_errors(_par, "par"))
+    app.router.add_get(PATH_AUTHORIZE, _html_errors(_authorize, "authorize"))
+    app.router.add_post(PATH_AUTHORIZE, _html_errors(_authorize, "authorize"))
+    app.router.add_get(PATH_CONSENT, _html_errors(_consent_page, "consent"))
+    app.router.add_post(PATH_CONSENT, _html_errors(_consent_decision, "consent"))
+    app.router.add_post(PATH_TOKEN, _json_errors(_token, "token"))
+    app.router.add_get(PATH_BUNDEL, _json_errors(_bundel, "bundel"))
     app.router.add_get("/static/{name}", _static)
 
 
@@ -114,27 +122,44 @@ def _store(request: web.Request) -> Store:
 
 
 def _oauth_json(error: OAuthError, extra_headers: Mapping[str, str] | None = None) -> web.Response:
-    response = web.Response(
+    return web.Response(
         status=error.status,
         body=orjson.dumps({"error": error.error, "error_description": error.description}),
         content_type=JSON,
-        headers={"Cache-Control": "no-store", **(extra_headers or {})},
+        headers={
+            "Cache-Control": "no-store",
+            _OUTCOME_HEADER: error.error,
+            **(extra_headers or {}),
+        },
     )
-    return response
+
+
+def _count(request: web.Request, endpoint: str, response: web.StreamResponse) -> None:
+    outcome = response.headers.get(_OUTCOME_HEADER)
+    if outcome is None:
+        outcome = "ok" if response.status < 400 else str(response.status)
+    else:
+        del response.headers[_OUTCOME_HEADER]
+    request.app[OUTCOMES].labels(endpoint, outcome).inc()
+
+
+_OUTCOME_HEADER = "X-Authz-Outcome"  # internal: set by handlers, removed before sending
 
 
 def _json_errors(
-    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]], endpoint: str
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def wrapped(request: web.Request) -> web.StreamResponse:
         try:
-            return await handler(request)
+            response = await handler(request)
         except OAuthError as error:
             log.info("oauth error", extra={"error": error.error, "path": request.path})
-            return _oauth_json(error)
+            response = _oauth_json(error)
         except StoreUnavailable:
             log.exception("store unavailable; nothing issued")
-            return _oauth_json(_UNAVAILABLE)
+            response = _oauth_json(_UNAVAILABLE)
+        _count(request, endpoint, response)
+        return response
 
     return wrapped
 
@@ -147,18 +172,23 @@ _UNAVAILABLE = OAuthError(
 
 
 def _html_errors(
-    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]], endpoint: str
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """For the citizen's pages: OAuth errors and an unavailable store as an error page."""
 
     async def wrapped(request: web.Request) -> web.StreamResponse:
         try:
-            return await handler(request)
+            response = await handler(request)
+        except web.HTTPException as redirect:
+            _count(request, endpoint, redirect)
+            raise
         except OAuthError as error:
-            return _html_error(request, error)
+            response = _html_error(request, error)
         except StoreUnavailable:
             log.exception("store unavailable; no consent recorded, nothing issued")
-            return _html_error(request, _UNAVAILABLE)
+            response = _html_error(request, _UNAVAILABLE)
+        _count(request, endpoint, response)
+        return response
 
     return wrapped
 
@@ -292,7 +322,12 @@ def _html_error(request: web.Request, error: OAuthError) -> web.Response:
         lang=lang, error=error.error, description=error.description, switch_href=None
     )
     log.info("authorization refused", extra={"error": error.error})
-    return web.Response(status=error.status, text=html, content_type="text/html")
+    return web.Response(
+        status=error.status,
+        text=html,
+        content_type="text/html",
+        headers={_OUTCOME_HEADER: error.error},
+    )
 
 
 async def _authorize(request: web.Request) -> web.StreamResponse:
@@ -481,9 +516,11 @@ async def _consent_decision(request: web.Request) -> web.StreamResponse:
     )
     base = issuer(request)
     if not given:
-        raise _redirect(
+        refused = _redirect(
             authorization, base, error="access_denied", error_description="consent refused"
         )
+        refused.headers[_OUTCOME_HEADER] = "access_denied"
+        raise refused
     grant = Grant(
         grant_id=grant_id,
         client_id=authorization.client_id,
