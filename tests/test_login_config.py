@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
+import aiohttp
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from connectors._sandbox.runner import serve_app
+from gateway.app import create_app
 from gateway.assurance import (
     DEFAULT_ACR_MAPPING,
     DIGID_MIDDEN,
@@ -16,7 +22,9 @@ from gateway.assurance import (
     provider_values_for,
 )
 from gateway.config import load_settings, settings_from_mapping
-from gateway.errors import ConfigError
+from gateway.demo.digid import start_digid
+from gateway.errors import ConfigError, LoginError
+from gateway.login import safe_return_to
 from gateway.pki import DevPki
 from tests.login_world import login_world
 
@@ -95,3 +103,43 @@ async def test_a_configured_mapping_changes_what_is_accepted(state_dir: Path) ->
         answer = await world.login(browser, niveau="midden")
         assert answer.status == 303, answer.body
         assert (await world.session_info(browser))["acr"] == EIDAS_SUBSTANTIAL
+
+
+async def test_discovery_naming_another_issuer_is_refused(state_dir: Path) -> None:
+    digid = await start_digid()  # calls itself http://127.0.0.1:<port>
+    port = digid.url.rsplit(":", 1)[1]
+    settings = settings_from_mapping(
+        {"state_dir": str(state_dir), "oidc": {"issuer": f"http://localhost:{port}"}}
+    )
+    runner, gateway_port = await serve_app(create_app(settings))
+    try:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(
+                f"http://127.0.0.1:{gateway_port}/login",
+                headers={"Accept": "application/json"},
+                allow_redirects=False,
+            ) as response,
+        ):
+            body = await response.json(content_type=None)
+        assert response.status == 503
+        assert body["reden"] == "issuer_mismatch"
+    finally:
+        await runner.cleanup()
+        await digid.runner.cleanup()
+
+
+@given(st.text(max_size=60))
+def test_an_accepted_return_to_never_leaves_the_gateway(candidate: str) -> None:
+    base = "https://gateway.example/consent/"
+    try:
+        accepted = safe_return_to(candidate)
+    except LoginError:
+        return
+    resolved = urlsplit(urljoin(base, accepted))
+    assert (resolved.scheme, resolved.netloc) == ("https", "gateway.example")
+
+
+@pytest.mark.parametrize("candidate", ["/", "/consent?x=1&y=%2F%2F", "/a/b#c"])
+def test_ordinary_paths_are_accepted(candidate: str) -> None:
+    assert safe_return_to(candidate) == candidate

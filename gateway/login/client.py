@@ -61,6 +61,7 @@ class OidcClient:
         self.session = session
         self._metadata: ProviderMetadata | None = None
         self._metadata_failed_at = 0.0
+        self._metadata_error: LoginError | None = None
         self._metadata_lock = asyncio.Lock()
         self._jwks: dict[str, RSAKey | ECKey] = {}
         self._jwks_fetched_at = float("-inf")
@@ -91,12 +92,15 @@ class OidcClient:
         async with self._metadata_lock:
             if self._metadata is not None:
                 return self._metadata
-            if time.monotonic() - self._metadata_failed_at < _DISCOVERY_RETRY_SECONDS:
-                raise unavailable("discovery", "failed moments ago")
+            recent = time.monotonic() - self._metadata_failed_at < _DISCOVERY_RETRY_SECONDS
+            if recent and (last := self._metadata_error) is not None:
+                # The same answer, without hammering the provider.
+                raise LoginError(last.error, last.reason, last.description, last.status)
             try:
                 self._metadata = await self._discover()
-            except LoginError:
+            except LoginError as exc:
                 self._metadata_failed_at = time.monotonic()
+                self._metadata_error = exc
                 raise
             return self._metadata
 
