@@ -285,6 +285,16 @@ def test_demo_command_starts_its_own_stack_and_writes_a_verified_file(tmp_path: 
     )
     assert later.returncode == 2
     assert "certified-documents" in later.stderr
+    nobody = subprocess.run(
+        [BLAUWEKNOP, "demo", "--citizen", "999990044", "--portal", "http://127.0.0.1:9", "-o", out],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, **env_state},
+    )
+    assert nobody.returncode == 1
+    assert "Is the demo stack running" in nobody.stderr
+    assert "Traceback" not in nobody.stderr
 
 
 async def test_two_replicas_share_every_step_through_the_store(world: PortalStack) -> None:

@@ -679,7 +679,9 @@ async def _bundel(request: web.Request) -> web.StreamResponse:
         body, extension = signed.compact_jws.encode(), "jws"
     else:
         body, extension = signed.download_json(), "json"
-    return await release(request, signed, body, media, extension)
+    response = await release(request, signed, body, media, extension)
+    response.headers["Vary"] = "Accept"
+    return response
 
 
 def _selected(registry: Registry, grant: Grant) -> list[str]:

@@ -225,6 +225,23 @@ async def run_journey(
         raise JourneyError(
             f"format {fmt!r}: XML and PDF come with the certified-documents issue; use json or jws"
         )
+    try:
+        return await _journey(portal_url, bsn, fmt, level, connectors, lang)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise JourneyError(
+            f"cannot complete the journey at {portal_url}: {exc!r}. Is the demo stack running "
+            "(make demo / blauweknop up)? Or let the journey start its own: --start"
+        ) from exc
+
+
+async def _journey(
+    portal_url: str,
+    bsn: str,
+    fmt: Format,
+    level: str,
+    connectors: Mapping[str, Connector] | None,
+    lang: str,
+) -> JourneyResult:
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(timeout=timeout, cookie_jar=LoopbackCookieJar()) as session:
         browser = Browser(session)
