@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from connectors._sandbox.runner import serve_app
 from gateway.app import AUDIT, create_app
 from gateway.authz.registry import Registry
+from gateway.authz.server import negotiate
 from gateway.config import DEFAULT_POLICIES_DIR
 from gateway.demo.journey import (
     Browser,
@@ -379,3 +380,26 @@ async def test_dpop_with_an_ed25519_key(world: PortalStack) -> None:
     async with world.session.get(f"{world.url}/v1/bundel", headers=headers) as response:
         assert response.status == 200, await response.text()
         assert orjson.loads(await response.read())["bundel"]["bsn"] == EVERYWHERE
+
+
+@pytest.mark.parametrize(
+    ("accept", "expected"),
+    [
+        ("", "application/json"),
+        ("*/*", "application/json"),
+        ("application/jose", "application/jose"),
+        ("application/json;q=0.2, application/jose;q=0.9", "application/jose"),
+        ("application/jose;q=0, application/json", "application/json"),
+        ("text/html, application/*;q=0.5", "application/json"),
+        ("application/pdf", None),
+        ("application/xml, text/xml", None),
+        ("application/json;q=0", None),
+    ],
+)
+def test_bundle_content_negotiation(accept: str, expected: str | None) -> None:
+    if expected is None:
+        with pytest.raises(OAuthError) as refused:
+            negotiate(accept)
+        assert refused.value.status == 406
+    else:
+        assert negotiate(accept) == expected
