@@ -706,3 +706,27 @@ async def test_purpose_that_needs_a_higher_level_refuses_a_lower_login(
                 "consent", page.url, form, pairs, stop_at=world.other.redirect_uri
             )
             assert "code=" in back.url
+
+
+async def test_consent_without_any_organisation_is_asked_again(world: PortalStack) -> None:
+    started = await world.test.push(
+        world.session, purpose_id="inzage-avg", scopes=["financiele-zaken"]
+    )
+    async with aiohttp.ClientSession(cookie_jar=LoopbackCookieJar()) as browser_session:
+        browser = Browser(browser_session)
+        page = await browser.open("authorize", "GET", started.authorize_url)
+        form, pairs = fill_login_form(page.html, CITIZEN_A, "substantieel")
+        page = await browser.send_form("login", page.url, form, pairs)
+        form, pairs = fill_consent_form(page.html)
+        none = [(k, v) for k, v in pairs if k != "organisatie"]
+        again = await browser.send_form("consent", page.url, form, none)
+        assert again.url == page.url  # no redirect to the portal, no code
+        assert 'role="alert"' in again.html
+        assert "minstens één organisatie" in again.html
+        # The transaction is still open: choosing one organisation now works.
+        form, pairs = fill_consent_form(again.html)
+        one = [(k, v) for k, v in pairs if k != "organisatie"] + [("organisatie", "duo")]
+        back = await browser.send_form(
+            "consent", again.url, form, one, stop_at=world.test.redirect_uri
+        )
+    assert "code=" in back.url
