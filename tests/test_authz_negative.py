@@ -730,3 +730,17 @@ async def test_consent_without_any_organisation_is_asked_again(world: PortalStac
             "consent", again.url, form, one, stop_at=world.test.redirect_uri
         )
     assert "code=" in back.url
+
+
+async def test_scope_outside_the_purpose(world: PortalStack) -> None:
+    # ander-portaal may ask every scope, but the hoog-test purpose covers income only.
+    form = par_form(
+        world,
+        world.other,
+        purpose_id="hoog-test",
+        scope="inkomen financiele-zaken",
+        client_assertion=client_assertion(world.other.key, "ander-portaal", world.url),
+    )
+    async with await post_par(world, form) as response:
+        data = await oauth_error(response, 400, "invalid_scope")
+        assert "financiele-zaken" in data["error_description"]

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from connectors._sandbox.runner import serve_app
 from gateway.app import AUDIT, create_app
+from gateway.authz.proofs import authenticate_client
 from gateway.authz.registry import Registry
 from gateway.authz.server import negotiate
 from gateway.config import DEFAULT_POLICIES_DIR
@@ -43,6 +44,7 @@ from gateway.demo.portal.keys import ensure_client_key, jwks_document, new_clien
 from gateway.demo.portal.oauth import CLIENT_ASSERTION_TYPE, client_assertion
 from gateway.errors import ConfigError, OAuthError
 from gateway.pki import DevPki
+from gateway.store.sqlite import SqliteStore
 from gateway.verify import verify_compact
 from tests.portalstack import PortalStack, authorize, start_portal_stack, stop_portal_stack
 
@@ -403,3 +405,33 @@ def test_bundle_content_negotiation(accept: str, expected: str | None) -> None:
         assert refused.value.status == 406
     else:
         assert negotiate(accept) == expected
+
+
+async def test_portal_keys_rotate_by_kid(tmp_path: Path) -> None:
+    """A portal publishes its new key next to the old one; each signs, a stranger's does not."""
+    shutil.copytree(DEFAULT_POLICIES_DIR, tmp_path / "p")
+    (tmp_path / "p" / "portals" / "demo-mijngemeente.toml").unlink()
+    old, new, stranger = new_client_key(), new_client_key(), new_client_key()
+    (tmp_path / "k.json").write_bytes(orjson.dumps(jwks_document(old, new)))
+    (tmp_path / "p" / "portals" / "r.toml").write_text(
+        'client_id = "r"\nnaam = "r"\npurposes = ["inzage-avg"]\nscopes = ["inkomen"]\n'
+        f'redirect_uris = ["https://r.example/cb"]\njwks_file = "{tmp_path}/k.json"\n'
+    )
+    registry = Registry.load(tmp_path / "p", {"state_dir": str(tmp_path)})
+    store = await SqliteStore.open(tmp_path / "store.db")
+    try:
+        aud = ["https://gateway.example"]
+        for key in (old, new):
+            form = {
+                "client_assertion_type": CLIENT_ASSERTION_TYPE,
+                "client_assertion": client_assertion(key, "r", aud[0]),
+            }
+            assert (await authenticate_client(form, registry, store, aud)).client_id == "r"
+        form = {
+            "client_assertion_type": CLIENT_ASSERTION_TYPE,
+            "client_assertion": client_assertion(stranger, "r", aud[0]),
+        }
+        with pytest.raises(OAuthError, match="invalid_client"):
+            await authenticate_client(form, registry, store, aud)
+    finally:
+        await store.close()
