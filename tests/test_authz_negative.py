@@ -744,3 +744,32 @@ async def test_scope_outside_the_purpose(world: PortalStack) -> None:
     async with await post_par(world, form) as response:
         data = await oauth_error(response, 400, "invalid_scope")
         assert "financiele-zaken" in data["error_description"]
+
+
+async def test_a_login_from_before_the_authorization_is_not_reused(world: PortalStack) -> None:
+    """A shared computer: A logged in for one portal request; the next request in the same
+    browser must log in again, and the one who does gets their own data, not A's."""
+    async with aiohttp.ClientSession(cookie_jar=LoopbackCookieJar()) as browser_session:
+        browser = Browser(browser_session)
+        codes = []
+        for bsn in (CITIZEN_A, CITIZEN_B):
+            started = await world.test.push(
+                world.session, purpose_id="inzage-avg", scopes=["financiele-zaken"]
+            )
+            page = await browser.open("authorize", "GET", started.authorize_url)
+            assert "/toestemming/" not in page.url  # DigiD's page, every time
+            form, pairs = fill_login_form(page.html, bsn, "substantieel")
+            page = await browser.send_form("login", page.url, form, pairs)
+            form, pairs = fill_consent_form(page.html)
+            back = await browser.send_form(
+                "consent", page.url, form, pairs, stop_at=world.test.redirect_uri
+            )
+            codes.append((back.url, started))
+    key = ec.generate_private_key(ec.SECP256R1())
+    for (back, started), bsn in zip(codes, (CITIZEN_A, CITIZEN_B), strict=True):
+        code = back.split("code=")[1].split("&")[0]
+        token = await world.test.redeem(
+            world.session, code=code, verifier=started.pkce.verifier, dpop_key=key
+        )
+        download = await world.test.download(world.session, access_token=token, dpop_key=key)
+        assert orjson.loads(download.body)["bundel"]["bsn"] == bsn

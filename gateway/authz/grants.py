@@ -61,13 +61,16 @@ class Transaction:
 
     request: AuthorizationRequest
     csrf_secret: str
+    # SHA-256 of the login session this browser had when the authorization began, if any: that
+    # login is not reused, so on a shared computer nobody consents with someone else's DigiD.
+    prior_session: str | None = None
 
     @classmethod
     def from_json(cls, raw: bytes) -> Transaction:
         data = orjson.loads(raw)
         request = data["request"]
         request["scopes"] = tuple(request["scopes"])
-        return cls(AuthorizationRequest(**request), data["csrf_secret"])
+        return cls(AuthorizationRequest(**request), data["csrf_secret"], data.get("prior_session"))
 
 
 @dataclass(frozen=True, slots=True)

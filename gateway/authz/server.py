@@ -48,7 +48,7 @@ from gateway.authz.proofs import (
 from gateway.authz.registry import CLIENT_KEY_ALGORITHMS, Registry
 from gateway.errors import OAuthError
 from gateway.jws import b64url
-from gateway.login import begin_login, current_citizen
+from gateway.login import Citizen, begin_login, current_citizen
 from gateway.store import Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -361,7 +361,9 @@ async def _authorize(request: web.Request) -> web.StreamResponse:
     if authorization.client_id != client_id:
         raise OAuthError("invalid_request_uri", "request_uri was pushed by another client")
     tx = new_secret()
-    transaction = Transaction(authorization, new_secret())
+    before = await current_citizen(request)
+    prior = digest(before.session_id) if before is not None else None
+    transaction = Transaction(authorization, new_secret(), prior)
     await _store(request).put_new("authz-tx", tx, orjson.dumps(transaction), TRANSACTION_TTL)
     location = PATH_CONSENT.format(tx=tx)
     if params.get("lang") == "en":
@@ -408,6 +410,13 @@ def _choices(request: web.Request, transaction: Transaction) -> list[pages.Organ
     ]
 
 
+def _reused_login(transaction: Transaction, citizen: Citizen) -> bool:
+    """True for a login that existed before this authorization began: each one logs in anew."""
+    return transaction.prior_session is not None and hmac.compare_digest(
+        transaction.prior_session, digest(citizen.session_id)
+    )
+
+
 def _consent_csp(redirect_uri: str) -> str:
     parts = urlsplit(redirect_uri)
     # Browsers apply form-action to the redirect after the form, so the portal must be named.
@@ -431,7 +440,11 @@ async def _render_consent(
     purpose = registry.purposes[authorization.purpose_id]
     citizen = await current_citizen(request)
     min_acr = purpose.min_acr
-    if citizen is None or (min_acr is not None and not at_least(citizen.acr, min_acr)):
+    if (
+        citizen is None
+        or _reused_login(transaction, citizen)
+        or (min_acr is not None and not at_least(citizen.acr, min_acr))
+    ):
         response = await begin_login(request, return_to=request.path_qs, min_acr=min_acr)
         if isinstance(response, web.HTTPException):
             raise response
@@ -464,7 +477,7 @@ def _redirect(authorization: AuthorizationRequest, base: str, **params: str) -> 
 async def _consent_decision(request: web.Request) -> web.StreamResponse:
     tx, transaction = await _transaction(request, take=False)
     citizen = await current_citizen(request)
-    if citizen is None:
+    if citizen is None or _reused_login(transaction, citizen):
         return _html_error(
             request,
             OAuthError("access_denied", "you are not logged in (any more): start again", 403),
