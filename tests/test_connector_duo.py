@@ -13,17 +13,18 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+import xmlsec
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from lxml import etree
-from signxml.algorithms import SignatureConstructionMethod
-from signxml.signer import XMLSigner
 
+from connectors._sandbox import rogue_identity
 from connectors._sandbox.citizens import CITIZENS
 from connectors._sandbox.runner import RunningSandbox, serve_app, start_sandbox
 from connectors.duo import CONTACTOPTIES, ORGANISATIE, create
 from connectors.duo.mapping import cents, datumtijd
-from connectors.duo.protocol import C14N_METHOD, NSMAP, PATH, request_body
+from connectors.duo.protocol import NSMAP, PATH, SIGNATURE_SHAPE, request_body
 from gateway.bsn import is_bsn
 from gateway.connector import (
     Connector,
@@ -37,6 +38,7 @@ from gateway.errors import SourceError, SourceInvalid, SourceTimeout, SourceUnre
 from gateway.models import Bron, Bundel, FinancieleZaak, Gegevens
 from gateway.pki import DevPki
 from gateway.schema import validate_bundel
+from gateway.xmldsig import C14N, ENVELOPED, SignatureShape, sign, signing_key
 from gateway.zaak import build_zaak
 
 TX = "tx-test-1"
@@ -108,17 +110,31 @@ def assert_fits_the_common_schema(bsn: str, data: SourceData) -> None:
     validate_bundel(orjson.loads(orjson.dumps(bundel)))
 
 
+def duo_key(pki: DevPki) -> xmlsec.Key:
+    identity = pki.identity("duo-sign")
+    key = load_pem_private_key(identity.key.read_bytes(), password=None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    return signing_key(key, load_certificate(identity.cert))
+
+
+def serialise(root: etree._Element) -> bytes:
+    return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+
+
 def sign_as_duo(pki: DevPki, document: bytes) -> bytes:
     """Sign any document with DUO's real key, to test what happens after the signature check."""
-    identity = pki.identity("duo-sign")
-    signed = XMLSigner(
-        method=SignatureConstructionMethod.enveloped, c14n_algorithm=C14N_METHOD
-    ).sign(
-        etree.fromstring(document),
-        key=load_pem_private_key(identity.key.read_bytes(), password=None),
-        cert=[load_certificate(identity.cert)],
-    )
-    return etree.tostring(signed, xml_declaration=True, encoding="UTF-8")
+    root = etree.fromstring(document)
+    sign(root, duo_key(pki), SIGNATURE_SHAPE)
+    return serialise(root)
+
+
+async def unsigned_answer(
+    connector: Connector, session: aiohttp.ClientSession, bsn: str = BRAM
+) -> etree._Element:
+    """A genuine answer from the sandbox with its signature taken off."""
+    answer = etree.fromstring(raw_of(await fetch(connector, session, bsn)))
+    answer.remove(answer[-1])
+    return answer
 
 
 # --- every test citizen ---------------------------------------------------------------------
@@ -473,3 +489,72 @@ async def test_a_herberekening_must_name_what_it_corrects(
     betreft.getparent().remove(betreft)
     with pytest.raises(SourceInvalid, match="BetreftMutatie"):
         connector.verify(sign_as_duo(pki, etree.tostring(answer)))
+
+
+async def test_a_signature_by_another_key_is_refused_whatever_its_key_info_says(
+    connector: Connector, session: aiohttp.ClientSession
+) -> None:
+    """Only the pinned certificate counts, not the certificate the signature brings along."""
+    answer = await unsigned_answer(connector, session)
+    key, cert = rogue_identity("rsa")
+    assert isinstance(key, rsa.RSAPrivateKey)
+    sign(answer, signing_key(key, cert), SIGNATURE_SHAPE)
+    with pytest.raises(SourceInvalid, match="not signed by the pinned certificate's key"):
+        connector.verify(serialise(answer))
+
+
+async def test_a_signature_over_part_of_the_answer_is_refused(
+    pki: DevPki, connector: Connector, session: aiohttp.ClientSession
+) -> None:
+    """DUO's own key over one element is not enough: the mapping reads the whole answer."""
+    answer = await unsigned_answer(connector, session)
+    vorderingen = answer.find("d:Vorderingen", NSMAP)
+    assert vorderingen is not None
+    vorderingen.set("Id", "vorderingen")
+    by_id = SignatureShape(
+        parent=".", references=1, transforms=(ENVELOPED, C14N), id_attribute="Id"
+    )
+    sign(answer, duo_key(pki), by_id, signed=[vorderingen])
+    with pytest.raises(SourceInvalid, match="cover the whole document"):
+        connector.verify(serialise(answer))
+
+
+@pytest.mark.parametrize(
+    ("signed", "forged"),
+    [
+        (b"<Bedrag>14832.40</Bedrag>", b"<Bedrag>148<!-- 1.00 -->32.40</Bedrag>"),
+        (b"<Mutatiesoort>Vaststelling<", b"<Mutatiesoort>Vast<!---->stelling<"),
+    ],
+)
+async def test_a_comment_cannot_change_what_is_read(
+    connector: Connector, session: aiohttp.ClientSession, signed: bytes, forged: bytes
+) -> None:
+    """Signatures leave comments out, so one can be slipped into a signed value unnoticed;
+    it must not split the value that is read."""
+    raw = raw_of(await fetch(connector, session, BRAM))
+    commented = raw.replace(signed, forged, 1)
+    assert commented != raw
+    assert connector.verify(commented) == connector.verify(raw)
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "forbidden"),
+    [
+        (b"http://www.w3.org/2001/04/xmlenc#sha256", b"http://www.w3.org/2000/09/xmldsig#sha1"),
+        (
+            b"http://www.w3.org/2001/04/xmldsig-more#rsa-sha256",
+            b"http://www.w3.org/2000/09/xmldsig#rsa-sha1",
+        ),
+        (
+            b"http://www.w3.org/2001/10/xml-exc-c14n#",
+            b"http://www.w3.org/2001/10/xml-exc-c14n#WithComments",
+        ),
+    ],
+)
+async def test_a_weaker_or_other_algorithm_is_refused(
+    connector: Connector, session: aiohttp.ClientSession, algorithm: bytes, forbidden: bytes
+) -> None:
+    raw = raw_of(await fetch(connector, session, BRAM))
+    assert algorithm in raw
+    with pytest.raises(SourceInvalid, match="not allowed"):
+        connector.verify(raw.replace(algorithm, forbidden))

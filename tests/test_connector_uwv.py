@@ -12,14 +12,20 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    load_pem_private_key,
+)
 from lxml import etree
 
 from connectors._sandbox import CITIZENS, rogue_identity
 from connectors._sandbox.runner import RunningSandbox, serve_app, start_sandbox
 from connectors.uwv import CONTACTOPTIES, ORGANISATIE, create
 from connectors.uwv.sandbox import SANDBOX
-from connectors.uwv.soap import NS, SERVICE_PATH
+from connectors.uwv.soap import NS, SERVICE_PATH, SIGNATURE_SHAPE, WSU_ID, q
 from gateway.connector import (
     Connector,
     ConnectorSettings,
@@ -32,6 +38,7 @@ from gateway.connector import (
 from gateway.errors import ConfigError, SourceInvalid, SourceTimeout, SourceUnreachable
 from gateway.models import FinancieleZaak
 from gateway.pki import DevPki
+from gateway.xmldsig import sign, signing_key
 from gateway.zaak import build_zaak
 
 TX = "tx-test-1"
@@ -261,6 +268,68 @@ async def test_signature_wrapping_is_refused(captured: tuple[Connector, bytes]) 
     forged = etree.SubElement(envelope, body.tag)
     forged.append(etree.fromstring(etree.tostring(body[0]).replace(b"3412.67", b"1.00")))
     with pytest.raises(SourceInvalid, match="not the envelope's Body"):
+        connector.verify(etree.tostring(envelope))
+
+
+def header_of(envelope: etree._Element) -> etree._Element:
+    header = envelope.find("soap:Header", NS)
+    assert header is not None
+    return header
+
+
+async def test_an_id_naming_two_elements_is_refused(captured: tuple[Connector, bytes]) -> None:
+    """A forged TransactieId carrying the signed one's wsu:Id: which one would be read?"""
+    connector, raw = captured
+    envelope = etree.fromstring(raw)
+    forged = etree.SubElement(header_of(envelope), q("uwv", "TransactieId"))
+    forged.text = "tx-forged"
+    forged.set(WSU_ID, "id-transactie")
+    with pytest.raises(SourceInvalid, match="more than one element"):
+        connector.verify(etree.tostring(envelope))
+
+
+async def test_an_xml_id_cannot_take_over_a_reference(captured: tuple[Connector, bytes]) -> None:
+    connector, raw = captured
+    envelope = etree.fromstring(raw)
+    decoy = etree.SubElement(header_of(envelope), q("uwv", "Decoy"))
+    decoy.set("{http://www.w3.org/XML/1998/namespace}id", "id-body")
+    with pytest.raises(SourceInvalid, match="more than one element"):
+        connector.verify(etree.tostring(envelope))
+
+
+@pytest.mark.parametrize("uri", ["", "#xpointer(/)", "http://127.0.0.1:9/body.xml", "#nothing"])
+async def test_a_reference_to_anything_else_is_refused(
+    captured: tuple[Connector, bytes], uri: str
+) -> None:
+    connector, raw = captured
+    assert raw.count(b'URI="#id-body"') == 1
+    changed = raw.replace(b'URI="#id-body"', f'URI="{uri}"'.encode())
+    with pytest.raises(SourceInvalid, match="names no element"):
+        connector.verify(changed)
+
+
+async def test_a_signature_that_leaves_out_the_transaction_id_is_refused(
+    pki: DevPki, captured: tuple[Connector, bytes]
+) -> None:
+    """Signed by UWV's own key, six references, but one covers the token instead of the
+    transaction id, which is then changed: the connector reads only signed parts."""
+    connector, raw = captured
+    envelope = etree.fromstring(raw)
+    security = envelope.find("soap:Header/wsse:Security", NS)
+    assert security is not None
+    security.remove(security[-1])
+    transactie = envelope.find("soap:Header/uwv:TransactieId", NS)
+    assert transactie is not None
+    transactie.text = "tx-forged"
+    signed = [e for e in envelope.iter() if e.get(WSU_ID) is not None and e is not transactie]
+    assert len(signed) == 6  # five parts and the BinarySecurityToken
+    identity = pki.identity("uwv-sign")
+    key = load_pem_private_key(identity.key.read_bytes(), password=None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    sign(
+        security, signing_key(key, load_certificate(identity.cert)), SIGNATURE_SHAPE, signed=signed
+    )
+    with pytest.raises(SourceInvalid, match="does not cover exactly"):
         connector.verify(etree.tostring(envelope))
 
 

@@ -9,6 +9,7 @@ from connectors.uwv.soap import (
     ACTION_VRAAG,
     MEDIA_TYPE,
     SERVICE_PATH,
+    SIGNATURE_SHAPE,
     SignedAnswer,
     build_request,
     describe_fault,
@@ -29,6 +30,7 @@ from gateway.connector import (
 )
 from gateway.errors import ConfigError, SourceInvalid, SourceUnreachable
 from gateway.models import Contactoptie, Gegevens
+from gateway.xmldsig import XmlSignatureVerifier
 
 
 class UwvConnector:
@@ -47,8 +49,9 @@ class UwvConnector:
         self._settings = settings
         self._tls = tls
         self._endpoint = settings.base_url.rstrip("/") + SERVICE_PATH
-        self._trusted = load_certificate(settings.trust_cert)
-        self._sleutel_id = certificate_key_id(self._trusted)
+        trusted = load_certificate(settings.trust_cert)
+        self._sleutel_id = certificate_key_id(trusted)
+        self._verifier = XmlSignatureVerifier(trusted, SIGNATURE_SHAPE)
 
     async def fetch(self, request: FetchRequest) -> SourceData:
         message_id = f"urn:uuid:{uuid.uuid4()}"
@@ -77,7 +80,7 @@ class UwvConnector:
             raise SourceUnreachable(f"UWV answered HTTP {status} ({describe_fault(raw)})")
         if status != 200:
             raise SourceInvalid(f"UWV answered with unexpected HTTP status {status}")
-        answer = verify_response(raw, self._trusted)
+        answer = verify_response(raw, self._verifier)
         self._check_belongs_to(answer, request, message_id)
         return SourceData(
             map_antwoord(answer.antwoord),
@@ -87,7 +90,7 @@ class UwvConnector:
         )
 
     def verify(self, raw: bytes) -> Gegevens:
-        return map_antwoord(verify_response(raw, self._trusted).antwoord)
+        return map_antwoord(verify_response(raw, self._verifier).antwoord)
 
     def _check_belongs_to(
         self, answer: SignedAnswer, request: FetchRequest, message_id: str
