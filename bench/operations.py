@@ -40,7 +40,13 @@ from connectors.uwv import soap
 from gateway.config import connector_factory, load_settings
 from gateway.connector import FetchRequest, load_certificate
 from gateway.pki import DevPki
-from gateway.xmldsig import SignatureShape, XmlSignatureVerifier, sign, signing_key
+from gateway.xmldsig import (
+    SignatureShape,
+    XmlSignatureVerifier,
+    sign,
+    signing_key,
+    x509_key_info,
+)
 
 _XML_SHAPES: dict[str, SignatureShape] = {
     "duo": duo_protocol.SIGNATURE_SHAPE,
@@ -94,14 +100,20 @@ async def run(citizen: str) -> dict[str, float]:
     # The sandboxes' signing, redone on the recorded answers without their signatures.
     duo_answer = etree.fromstring(raws["duo"])
     duo_answer.remove(duo_answer[-1])
-    duo_key = signing_key(*rsa_identity(pki, "duo-sign"))
+    duo_private, duo_cert = rsa_identity(pki, "duo-sign")
+    duo_key = signing_key(duo_private)
     report["duo_sandbox_sign_ms"] = per_call_ms(
-        lambda: sign(copy.deepcopy(duo_answer), duo_key, duo_protocol.SIGNATURE_SHAPE)
+        lambda: sign(
+            copy.deepcopy(duo_answer),
+            duo_key,
+            duo_protocol.SIGNATURE_SHAPE,
+            key_info=x509_key_info(duo_cert),
+        )
     )
     uwv_body = etree.fromstring(raws["uwv"]).find("soap:Body/*", soap.NS)
     assert uwv_body is not None
     uwv_private, uwv_cert = rsa_identity(pki, "uwv-sign")
-    uwv_key = signing_key(uwv_private, uwv_cert)
+    uwv_key = signing_key(uwv_private)
     report["uwv_sandbox_sign_ms"] = per_call_ms(
         lambda: soap.sign_response(
             copy.deepcopy(uwv_body),

@@ -257,16 +257,25 @@ def _remove_keeping_tail(element: etree._Element) -> None:
     parent.remove(element)
 
 
-def signing_key(key: rsa.RSAPrivateKey, cert: x509.Certificate) -> xmlsec.Key:
-    """An organisation's signing key in libxmlsec1's form, with its certificate attached."""
-    signer = xmlsec.Key.from_memory(
+def signing_key(key: rsa.RSAPrivateKey) -> xmlsec.Key:
+    """An organisation's private key in libxmlsec1's form.
+
+    Without its certificate: libxmlsec1 copies the key into every signing context, and a
+    certificate would be copied along each time; `x509_key_info` names the certificate instead.
+    """
+    return xmlsec.Key.from_memory(
         key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()),
         xmlsec.constants.KeyDataFormatPem,
     )
-    signer.load_cert_from_memory(
-        cert.public_bytes(Encoding.PEM), xmlsec.constants.KeyDataFormatCertPem
-    )
-    return signer
+
+
+def x509_key_info(cert: x509.Certificate) -> etree._Element:
+    """`ds:X509Data` carrying the signing certificate, for `ds:KeyInfo`."""
+    data = etree.Element(f"{{{DS_NS}}}X509Data", nsmap={None: DS_NS})  # type: ignore[dict-item]
+    etree.SubElement(data, f"{{{DS_NS}}}X509Certificate").text = base64.b64encode(
+        cert.public_bytes(Encoding.DER)
+    ).decode()
+    return data
 
 
 def sign(
@@ -274,14 +283,14 @@ def sign(
     key: xmlsec.Key,
     shape: SignatureShape,
     *,
+    key_info: etree._Element,
     signed: Sequence[etree._Element] = (),
-    key_info: etree._Element | None = None,
 ) -> None:
     """Append a signature of `shape` to `parent` and sign it.
 
     With an id attribute in `shape`, the signature covers the `signed` elements by their ids;
     without, it covers the whole document (enveloped). `key_info` becomes the content of
-    `ds:KeyInfo`; by default that is the signing certificate (`ds:X509Data`).
+    `ds:KeyInfo`, which the signature does not cover.
     """
     signature = xmlsec.template.create(parent, C14N, SIGNATURE_METHOD)
     parent.append(signature)
@@ -298,9 +307,5 @@ def sign(
         reference = xmlsec.template.add_reference(signature, DIGEST_METHOD, uri=uri)
         for transform in shape.transforms:
             xmlsec.template.add_transform(reference, transform)
-    info = xmlsec.template.ensure_key_info(signature)
-    if key_info is None:
-        xmlsec.template.x509_data_add_certificate(xmlsec.template.add_x509_data(info))
-    else:
-        info.append(key_info)
+    xmlsec.template.ensure_key_info(signature).append(key_info)
     context.sign(signature)

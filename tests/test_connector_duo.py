@@ -38,7 +38,14 @@ from gateway.errors import SourceError, SourceInvalid, SourceTimeout, SourceUnre
 from gateway.models import Bron, Bundel, FinancieleZaak, Gegevens
 from gateway.pki import DevPki
 from gateway.schema import validate_bundel
-from gateway.xmldsig import C14N, ENVELOPED, SignatureShape, sign, signing_key
+from gateway.xmldsig import (
+    C14N,
+    ENVELOPED,
+    SignatureShape,
+    sign,
+    signing_key,
+    x509_key_info,
+)
 from gateway.zaak import build_zaak
 
 TX = "tx-test-1"
@@ -110,11 +117,12 @@ def assert_fits_the_common_schema(bsn: str, data: SourceData) -> None:
     validate_bundel(orjson.loads(orjson.dumps(bundel)))
 
 
-def duo_key(pki: DevPki) -> xmlsec.Key:
+def duo_signer(pki: DevPki) -> tuple[xmlsec.Key, etree._Element]:
+    """DUO's real signing key, and the KeyInfo naming its certificate."""
     identity = pki.identity("duo-sign")
     key = load_pem_private_key(identity.key.read_bytes(), password=None)
     assert isinstance(key, rsa.RSAPrivateKey)
-    return signing_key(key, load_certificate(identity.cert))
+    return signing_key(key), x509_key_info(load_certificate(identity.cert))
 
 
 def serialise(root: etree._Element) -> bytes:
@@ -124,7 +132,8 @@ def serialise(root: etree._Element) -> bytes:
 def sign_as_duo(pki: DevPki, document: bytes) -> bytes:
     """Sign any document with DUO's real key, to test what happens after the signature check."""
     root = etree.fromstring(document)
-    sign(root, duo_key(pki), SIGNATURE_SHAPE)
+    key, key_info = duo_signer(pki)
+    sign(root, key, SIGNATURE_SHAPE, key_info=key_info)
     return serialise(root)
 
 
@@ -498,7 +507,7 @@ async def test_a_signature_by_another_key_is_refused_whatever_its_key_info_says(
     answer = await unsigned_answer(connector, session)
     key, cert = rogue_identity("rsa")
     assert isinstance(key, rsa.RSAPrivateKey)
-    sign(answer, signing_key(key, cert), SIGNATURE_SHAPE)
+    sign(answer, signing_key(key), SIGNATURE_SHAPE, key_info=x509_key_info(cert))
     with pytest.raises(SourceInvalid, match="not signed by the pinned certificate's key"):
         connector.verify(serialise(answer))
 
@@ -514,7 +523,8 @@ async def test_a_signature_over_part_of_the_answer_is_refused(
     by_id = SignatureShape(
         parent=".", references=1, transforms=(ENVELOPED, C14N), id_attribute="Id"
     )
-    sign(answer, duo_key(pki), by_id, signed=[vorderingen])
+    key, key_info = duo_signer(pki)
+    sign(answer, key, by_id, key_info=key_info, signed=[vorderingen])
     with pytest.raises(SourceInvalid, match="cover the whole document"):
         connector.verify(serialise(answer))
 

@@ -38,7 +38,7 @@ from gateway.connector import (
 from gateway.errors import ConfigError, SourceInvalid, SourceTimeout, SourceUnreachable
 from gateway.models import FinancieleZaak
 from gateway.pki import DevPki
-from gateway.xmldsig import sign, signing_key
+from gateway.xmldsig import sign, signing_key, x509_key_info
 from gateway.zaak import build_zaak
 
 TX = "tx-test-1"
@@ -326,9 +326,8 @@ async def test_a_signature_that_leaves_out_the_transaction_id_is_refused(
     identity = pki.identity("uwv-sign")
     key = load_pem_private_key(identity.key.read_bytes(), password=None)
     assert isinstance(key, rsa.RSAPrivateKey)
-    sign(
-        security, signing_key(key, load_certificate(identity.cert)), SIGNATURE_SHAPE, signed=signed
-    )
+    key_info = x509_key_info(load_certificate(identity.cert))
+    sign(security, signing_key(key), SIGNATURE_SHAPE, key_info=key_info, signed=signed)
     with pytest.raises(SourceInvalid, match="does not cover exactly"):
         connector.verify(etree.tostring(envelope))
 

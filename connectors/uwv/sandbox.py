@@ -92,7 +92,7 @@ async def _vraag(request: web.Request) -> web.Response:
     if app[FAULTS].wrong_signature:
         rogue_key, cert = rogue_identity("rsa")
         assert isinstance(rogue_key, rsa.RSAPrivateKey)
-        key = signing_key(rogue_key, cert)
+        key = signing_key(rogue_key)
     # The signature covers wsa:RelatesTo and a fresh Timestamp, so it is made per request;
     # only the rendered Body content is cached per BSN.
     body = sign_response(
@@ -114,7 +114,7 @@ def create_app(pki: DevPki) -> web.Application:
     records: dict[str, dict[str, Any]] = json.loads(TESTDATA.read_text(encoding="utf-8"))
     app = web.Application(client_max_size=64 * 1024)
     cert = load_certificate(identity.cert)
-    app[_SIGNER] = (signing_key(key, cert), cert)
+    app[_SIGNER] = (signing_key(key), cert)
     app[_ANTWOORDEN] = {
         c.bsn: render_antwoord(c.bsn, records[c.bsn]) for c in CITIZENS if "uwv" in c.holders
     }
