@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Final
 
@@ -67,7 +68,10 @@ class DuoConnector:
                 if response.status != 200:
                     raise SourceUnreachable(f"{naam} answered HTTP {response.status}")
                 raw = await read_limited(response, self._settings.max_body_bytes)
-        antwoord = self._verify(raw)
+        # libxmlsec1 and lxml release the GIL while they parse, verify and validate, so on a
+        # worker thread that work runs beside the event loop, on the other core. Mapping goes
+        # along, so the parsed tree never leaves the thread that made it (docs/performance.md).
+        antwoord = await asyncio.to_thread(self._verify, raw)
         # Binding the signed answer to this request stops replays and mix-ups.
         check_answers_request(
             self.organisatie, request, transactie_id=antwoord.transactie_id, bsn=antwoord.bsn

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 from connectors.uwv.mapping import map_antwoord
@@ -80,17 +81,23 @@ class UwvConnector:
             raise SourceUnreachable(f"UWV answered HTTP {status} ({describe_fault(raw)})")
         if status != 200:
             raise SourceInvalid(f"UWV answered with unexpected HTTP status {status}")
-        answer = verify_response(raw, self._verifier)
+        # As for DUO: on a worker thread, libxmlsec1 verifies beside the event loop.
+        # Only strings of the signed answer are read back here, never its tree.
+        answer, gegevens = await asyncio.to_thread(self._verify, raw)
         self._check_belongs_to(answer, request, message_id)
         return SourceData(
-            map_antwoord(answer.antwoord),
+            gegevens,
             make_herkomst(
                 raw, media_type=MEDIA_TYPE, handtekening="wss-xmldsig", sleutel_id=self._sleutel_id
             ),
         )
 
     def verify(self, raw: bytes) -> Gegevens:
-        return map_antwoord(verify_response(raw, self._verifier).antwoord)
+        return self._verify(raw)[1]
+
+    def _verify(self, raw: bytes) -> tuple[SignedAnswer, Gegevens]:
+        answer = verify_response(raw, self._verifier)
+        return answer, map_antwoord(answer.antwoord)
 
     def _check_belongs_to(
         self, answer: SignedAnswer, request: FetchRequest, message_id: str
