@@ -8,6 +8,7 @@ import socket
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -15,8 +16,11 @@ import orjson
 import pytest
 import xmlsec
 from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
+from cryptography.x509.oid import NameOID
 from lxml import etree
 
 from connectors._sandbox import rogue_identity
@@ -568,3 +572,49 @@ async def test_a_weaker_or_other_algorithm_is_refused(
     assert algorithm in raw
     with pytest.raises(SourceInvalid, match="not allowed"):
         connector.verify(raw.replace(algorithm, forbidden))
+
+
+async def test_a_signature_elsewhere_than_under_the_root_is_refused(
+    pki: DevPki, connector: Connector, session: aiohttp.ClientSession
+) -> None:
+    """Cryptographically fine (it still covers the whole document), but not DUO's protocol."""
+    answer = await unsigned_answer(connector, session)
+    key, key_info = duo_signer(pki)
+    sign(answer[0], key, SIGNATURE_SHAPE, key_info=key_info)
+    with pytest.raises(SourceInvalid, match="not where the protocol puts it"):
+        connector.verify(serialise(answer))
+
+
+async def test_a_second_signature_is_refused(
+    pki: DevPki, connector: Connector, session: aiohttp.ClientSession
+) -> None:
+    answer = await unsigned_answer(connector, session)
+    for _ in range(2):
+        key, key_info = duo_signer(pki)
+        sign(answer, key, SIGNATURE_SHAPE, key_info=key_info)
+    with pytest.raises(SourceInvalid, match="expected one signature, found 2"):
+        connector.verify(serialise(answer))
+
+
+async def test_a_pinned_certificate_that_has_expired_is_refused(
+    pki: DevPki, connector: Connector, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """A good signature by a key whose certificate is no longer valid does not count."""
+    answer = await unsigned_answer(connector, session)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "duo-sign 2000")])
+    expired = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(dt.datetime(2000, 1, 1, tzinfo=dt.UTC))
+        .not_valid_after(dt.datetime(2001, 1, 1, tzinfo=dt.UTC))
+        .sign(key, hashes.SHA256())
+    )
+    (tmp_path / "expired.pem").write_bytes(expired.public_bytes(Encoding.PEM))
+    sign(answer, signing_key(key), SIGNATURE_SHAPE, key_info=x509_key_info(expired))
+    pinned = create(settings(pki, "http://127.0.0.1:9", trust_cert=tmp_path / "expired.pem"))
+    with pytest.raises(SourceInvalid, match="not valid at"):
+        pinned.verify(serialise(answer))

@@ -6,6 +6,7 @@ import base64
 import dataclasses
 import socket
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from connectors._sandbox import CITIZENS, rogue_identity
 from connectors._sandbox.runner import RunningSandbox, serve_app, start_sandbox
 from connectors.uwv import CONTACTOPTIES, ORGANISATIE, create
 from connectors.uwv.sandbox import SANDBOX
-from connectors.uwv.soap import NS, SERVICE_PATH, SIGNATURE_SHAPE, WSU_ID, q
+from connectors.uwv.soap import NS, SERVICE_PATH, SIGNATURE_SHAPE, WSU_ID, q, sign_response
 from gateway.connector import (
     Connector,
     ConnectorSettings,
@@ -392,3 +393,26 @@ def test_public_surface() -> None:
     assert {c.contactvorm for c in CONTACTOPTIES} == {"telefoon", "website", "post"}
     website = next(c for c in CONTACTOPTIES if c.contactvorm == "website")
     assert website.waarde.startswith("https://www.uwv.nl/")
+
+
+async def test_an_answer_signed_when_the_certificate_was_not_valid_is_refused(
+    pki: DevPki, captured: tuple[Connector, bytes]
+) -> None:
+    """UWV's own key, but a signed wsu:Created from before its certificate was issued."""
+    connector, raw = captured
+    body = etree.fromstring(raw).find("soap:Body/uwv:VraagInkomensEnVorderingenResponse", NS)
+    assert body is not None
+    identity = pki.identity("uwv-sign")
+    key = load_pem_private_key(identity.key.read_bytes(), password=None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    backdated = sign_response(
+        body,
+        relates_to="urn:uuid:earlier",
+        transactie_id=TX,
+        message_id="urn:uuid:answer",
+        key=signing_key(key),
+        cert=load_certificate(identity.cert),
+        now=datetime(2000, 1, 1, tzinfo=UTC),
+    )
+    with pytest.raises(SourceInvalid, match="not valid at 2000-01-01"):
+        connector.verify(backdated)
