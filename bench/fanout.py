@@ -7,7 +7,9 @@ this process:
   p50 (p99) of the slowest organisation as the gateway measured it, at 1 and 16 clients;
 * throughput: no added latency, 16 clients; signed bundles per second through the gateway
   divided by the rate of a bare aiohttp client making the same four organisation calls itself
-  and verifying their signatures (with the same connector code, in this process).
+  and verifying their signatures (with the same connector code, in this process);
+* CPU time per call of the gateway, the sandboxes and this load generator during the
+  throughput runs: the cost of a bundle, which a busy machine hardly disturbs.
 
     .venv/bin/python -m bench.fanout [--quick]
 """
@@ -39,6 +41,22 @@ GATEWAY_PORT = 18080
 SANDBOX_BASE_PORT = 19101
 
 
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """CPU time (user + system) used so far by each process, and by this load generator.
+
+    Also the gateway's main thread alone: its event loop is what one gateway process can do
+    at most one core of, whatever its worker threads add beside it.
+    """
+    used = {"load_generator": time.process_time()}
+    stats = {name: f"/proc/{pid}/stat" for name, pid in pids.items()}
+    stats["gateway_event_loop"] = f"/proc/{pids['gateway']}/task/{pids['gateway']}/stat"
+    for name, path in stats.items():
+        # utime and stime are fields 14 and 15, counted in clock ticks.
+        fields = Path(path).read_text().rsplit(")", 1)[1].split()
+        used[name] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return used
+
+
 def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
@@ -57,14 +75,15 @@ async def wait_for(
 
 
 @contextlib.asynccontextmanager
-async def services(env: dict[str, str]) -> AsyncIterator[None]:
+async def services(env: dict[str, str]) -> AsyncIterator[dict[str, int]]:
+    """Run the four sandboxes in one process and the gateway in another; yields their pids."""
     blauweknop = str(Path(sys.executable).with_name("blauweknop"))
     procs = [
         await asyncio.create_subprocess_exec(blauweknop, *args, env=env, stdout=subprocess.DEVNULL)
         for args in (("sandbox", "serve"), ("serve",))
     ]
     try:
-        yield
+        yield {"sandboxes": procs[0].pid, "gateway": procs[1].pid}
     finally:
         for proc in procs:
             proc.terminate()
@@ -107,7 +126,7 @@ async def run(quick: bool) -> dict[str, Any]:
     sandboxes = [o.settings for o in settings.organisations]
     report: dict[str, Any] = {}
     connector = aiohttp.TCPConnector(limit=256)
-    async with services(env), aiohttp.ClientSession(connector=connector) as session:
+    async with services(env) as pids, aiohttp.ClientSession(connector=connector) as session:
         for org in sandboxes:
             await wait_for(f"{org.base_url}/_sandbox/health", session, client_tls(org))
         await wait_for(f"{gateway}/healthz", session)
@@ -163,8 +182,15 @@ async def run(quick: bool) -> dict[str, Any]:
         total = 500 if quick else 3000
         for name, call in (("gateway", bundle), ("bare_client", bare)):
             await closed_loop(16, 64, call)  # warm up
+            cpu_before = cpu_seconds(pids)
             _, _, seconds = await closed_loop(16, total, call)
+            cpu_after = cpu_seconds(pids)
             report[f"throughput_{name}_per_s"] = round(total / seconds, 1)
+            # CPU time, unlike wall time, hardly depends on what else runs on the machine.
+            report[f"cpu_ms_per_call_{name}"] = {
+                process: round((cpu_after[process] - cpu_before[process]) / total * 1000, 2)
+                for process in cpu_before
+            }
         report["throughput_ratio"] = round(
             report["throughput_gateway_per_s"] / report["throughput_bare_client_per_s"], 3
         )

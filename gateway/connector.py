@@ -152,11 +152,14 @@ def _safe_parser() -> etree.XMLParser:
         dtd_validation=False,
         huge_tree=False,
         remove_blank_text=False,
+        # Signatures (exclusive c14n) never cover comments, so a comment must not be able to
+        # split a signed text node in two; without them adjacent text is read as one.
+        remove_comments=True,
     )
 
 
 def parse_xml(data: bytes) -> etree._Element:
-    """Parse outside XML strictly: no DTD at all, so no entity expansion and no network."""
+    """Parse outside XML strictly: no DTD (so no entity expansion, no network), no comments."""
     try:
         tree = etree.fromstring(data, parser=_safe_parser()).getroottree()
     except etree.XMLSyntaxError as exc:

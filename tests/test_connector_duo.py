@@ -8,22 +8,27 @@ import socket
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
 import pytest
+import xmlsec
 from aiohttp import web
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
+from cryptography.x509.oid import NameOID
 from lxml import etree
-from signxml.algorithms import SignatureConstructionMethod
-from signxml.signer import XMLSigner
 
+from connectors._sandbox import rogue_identity
 from connectors._sandbox.citizens import CITIZENS
 from connectors._sandbox.runner import RunningSandbox, serve_app, start_sandbox
 from connectors.duo import CONTACTOPTIES, ORGANISATIE, create
 from connectors.duo.mapping import cents, datumtijd
-from connectors.duo.protocol import C14N_METHOD, NSMAP, PATH, request_body
+from connectors.duo.protocol import NSMAP, PATH, SIGNATURE_SHAPE, request_body
 from gateway.bsn import is_bsn
 from gateway.connector import (
     Connector,
@@ -37,6 +42,14 @@ from gateway.errors import SourceError, SourceInvalid, SourceTimeout, SourceUnre
 from gateway.models import Bron, Bundel, FinancieleZaak, Gegevens
 from gateway.pki import DevPki
 from gateway.schema import validate_bundel
+from gateway.xmldsig import (
+    C14N,
+    ENVELOPED,
+    SignatureShape,
+    sign,
+    signing_key,
+    x509_key_info,
+)
 from gateway.zaak import build_zaak
 
 TX = "tx-test-1"
@@ -108,17 +121,33 @@ def assert_fits_the_common_schema(bsn: str, data: SourceData) -> None:
     validate_bundel(orjson.loads(orjson.dumps(bundel)))
 
 
+def duo_signer(pki: DevPki) -> tuple[xmlsec.Key, etree._Element]:
+    """DUO's real signing key, and the KeyInfo naming its certificate."""
+    identity = pki.identity("duo-sign")
+    key = load_pem_private_key(identity.key.read_bytes(), password=None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    return signing_key(key), x509_key_info(load_certificate(identity.cert))
+
+
+def serialise(root: etree._Element) -> bytes:
+    return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+
+
 def sign_as_duo(pki: DevPki, document: bytes) -> bytes:
     """Sign any document with DUO's real key, to test what happens after the signature check."""
-    identity = pki.identity("duo-sign")
-    signed = XMLSigner(
-        method=SignatureConstructionMethod.enveloped, c14n_algorithm=C14N_METHOD
-    ).sign(
-        etree.fromstring(document),
-        key=load_pem_private_key(identity.key.read_bytes(), password=None),
-        cert=[load_certificate(identity.cert)],
-    )
-    return etree.tostring(signed, xml_declaration=True, encoding="UTF-8")
+    root = etree.fromstring(document)
+    key, key_info = duo_signer(pki)
+    sign(root, key, SIGNATURE_SHAPE, key_info=key_info)
+    return serialise(root)
+
+
+async def unsigned_answer(
+    connector: Connector, session: aiohttp.ClientSession, bsn: str = BRAM
+) -> etree._Element:
+    """A genuine answer from the sandbox with its signature taken off."""
+    answer = etree.fromstring(raw_of(await fetch(connector, session, bsn)))
+    answer.remove(answer[-1])
+    return answer
 
 
 # --- every test citizen ---------------------------------------------------------------------
@@ -473,3 +502,119 @@ async def test_a_herberekening_must_name_what_it_corrects(
     betreft.getparent().remove(betreft)
     with pytest.raises(SourceInvalid, match="BetreftMutatie"):
         connector.verify(sign_as_duo(pki, etree.tostring(answer)))
+
+
+async def test_a_signature_by_another_key_is_refused_whatever_its_key_info_says(
+    connector: Connector, session: aiohttp.ClientSession
+) -> None:
+    """Only the pinned certificate counts, not the certificate the signature brings along."""
+    answer = await unsigned_answer(connector, session)
+    key, cert = rogue_identity("rsa")
+    assert isinstance(key, rsa.RSAPrivateKey)
+    sign(answer, signing_key(key), SIGNATURE_SHAPE, key_info=x509_key_info(cert))
+    with pytest.raises(SourceInvalid, match="not signed by the pinned certificate's key"):
+        connector.verify(serialise(answer))
+
+
+async def test_a_signature_over_part_of_the_answer_is_refused(
+    pki: DevPki, connector: Connector, session: aiohttp.ClientSession
+) -> None:
+    """DUO's own key over one element is not enough: the mapping reads the whole answer."""
+    answer = await unsigned_answer(connector, session)
+    vorderingen = answer.find("d:Vorderingen", NSMAP)
+    assert vorderingen is not None
+    vorderingen.set("Id", "vorderingen")
+    by_id = SignatureShape(
+        parent=".", references=1, transforms=(ENVELOPED, C14N), id_attribute="Id"
+    )
+    key, key_info = duo_signer(pki)
+    sign(answer, key, by_id, key_info=key_info, signed=[vorderingen])
+    with pytest.raises(SourceInvalid, match="cover the whole document"):
+        connector.verify(serialise(answer))
+
+
+@pytest.mark.parametrize(
+    ("signed", "forged"),
+    [
+        (b"<Bedrag>14832.40</Bedrag>", b"<Bedrag>148<!-- 1.00 -->32.40</Bedrag>"),
+        (b"<Mutatiesoort>Vaststelling<", b"<Mutatiesoort>Vast<!---->stelling<"),
+    ],
+)
+async def test_a_comment_cannot_change_what_is_read(
+    connector: Connector, session: aiohttp.ClientSession, signed: bytes, forged: bytes
+) -> None:
+    """Signatures leave comments out, so one can be slipped into a signed value unnoticed;
+    it must not split the value that is read."""
+    raw = raw_of(await fetch(connector, session, BRAM))
+    commented = raw.replace(signed, forged, 1)
+    assert commented != raw
+    assert connector.verify(commented) == connector.verify(raw)
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "forbidden"),
+    [
+        (b"http://www.w3.org/2001/04/xmlenc#sha256", b"http://www.w3.org/2000/09/xmldsig#sha1"),
+        (
+            b"http://www.w3.org/2001/04/xmldsig-more#rsa-sha256",
+            b"http://www.w3.org/2000/09/xmldsig#rsa-sha1",
+        ),
+        (
+            b"http://www.w3.org/2001/10/xml-exc-c14n#",
+            b"http://www.w3.org/2001/10/xml-exc-c14n#WithComments",
+        ),
+    ],
+)
+async def test_a_weaker_or_other_algorithm_is_refused(
+    connector: Connector, session: aiohttp.ClientSession, algorithm: bytes, forbidden: bytes
+) -> None:
+    raw = raw_of(await fetch(connector, session, BRAM))
+    assert algorithm in raw
+    with pytest.raises(SourceInvalid, match="not allowed"):
+        connector.verify(raw.replace(algorithm, forbidden))
+
+
+async def test_a_signature_elsewhere_than_under_the_root_is_refused(
+    pki: DevPki, connector: Connector, session: aiohttp.ClientSession
+) -> None:
+    """Cryptographically fine (it still covers the whole document), but not DUO's protocol."""
+    answer = await unsigned_answer(connector, session)
+    key, key_info = duo_signer(pki)
+    sign(answer[0], key, SIGNATURE_SHAPE, key_info=key_info)
+    with pytest.raises(SourceInvalid, match="not where the protocol puts it"):
+        connector.verify(serialise(answer))
+
+
+async def test_a_second_signature_is_refused(
+    pki: DevPki, connector: Connector, session: aiohttp.ClientSession
+) -> None:
+    answer = await unsigned_answer(connector, session)
+    for _ in range(2):
+        key, key_info = duo_signer(pki)
+        sign(answer, key, SIGNATURE_SHAPE, key_info=key_info)
+    with pytest.raises(SourceInvalid, match="expected one signature, found 2"):
+        connector.verify(serialise(answer))
+
+
+async def test_a_pinned_certificate_that_has_expired_is_refused(
+    pki: DevPki, connector: Connector, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """A good signature by a key whose certificate is no longer valid does not count."""
+    answer = await unsigned_answer(connector, session)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "duo-sign 2000")])
+    expired = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(dt.datetime(2000, 1, 1, tzinfo=dt.UTC))
+        .not_valid_after(dt.datetime(2001, 1, 1, tzinfo=dt.UTC))
+        .sign(key, hashes.SHA256())
+    )
+    (tmp_path / "expired.pem").write_bytes(expired.public_bytes(Encoding.PEM))
+    sign(answer, signing_key(key), SIGNATURE_SHAPE, key_info=x509_key_info(expired))
+    pinned = create(settings(pki, "http://127.0.0.1:9", trust_cert=tmp_path / "expired.pem"))
+    with pytest.raises(SourceInvalid, match="not valid at"):
+        pinned.verify(serialise(answer))

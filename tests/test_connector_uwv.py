@@ -6,20 +6,27 @@ import base64
 import dataclasses
 import socket
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    load_pem_private_key,
+)
 from lxml import etree
 
 from connectors._sandbox import CITIZENS, rogue_identity
 from connectors._sandbox.runner import RunningSandbox, serve_app, start_sandbox
 from connectors.uwv import CONTACTOPTIES, ORGANISATIE, create
 from connectors.uwv.sandbox import SANDBOX
-from connectors.uwv.soap import NS, SERVICE_PATH
+from connectors.uwv.soap import NS, SERVICE_PATH, SIGNATURE_SHAPE, WSU_ID, q, sign_response
 from gateway.connector import (
     Connector,
     ConnectorSettings,
@@ -32,6 +39,7 @@ from gateway.connector import (
 from gateway.errors import ConfigError, SourceInvalid, SourceTimeout, SourceUnreachable
 from gateway.models import FinancieleZaak
 from gateway.pki import DevPki
+from gateway.xmldsig import sign, signing_key, x509_key_info
 from gateway.zaak import build_zaak
 
 TX = "tx-test-1"
@@ -264,6 +272,67 @@ async def test_signature_wrapping_is_refused(captured: tuple[Connector, bytes]) 
         connector.verify(etree.tostring(envelope))
 
 
+def header_of(envelope: etree._Element) -> etree._Element:
+    header = envelope.find("soap:Header", NS)
+    assert header is not None
+    return header
+
+
+async def test_an_id_naming_two_elements_is_refused(captured: tuple[Connector, bytes]) -> None:
+    """A forged TransactieId carrying the signed one's wsu:Id: which one would be read?"""
+    connector, raw = captured
+    envelope = etree.fromstring(raw)
+    forged = etree.SubElement(header_of(envelope), q("uwv", "TransactieId"))
+    forged.text = "tx-forged"
+    forged.set(WSU_ID, "id-transactie")
+    with pytest.raises(SourceInvalid, match="more than one element"):
+        connector.verify(etree.tostring(envelope))
+
+
+async def test_an_xml_id_cannot_take_over_a_reference(captured: tuple[Connector, bytes]) -> None:
+    connector, raw = captured
+    envelope = etree.fromstring(raw)
+    decoy = etree.SubElement(header_of(envelope), q("uwv", "Decoy"))
+    decoy.set("{http://www.w3.org/XML/1998/namespace}id", "id-body")
+    with pytest.raises(SourceInvalid, match="more than one element"):
+        connector.verify(etree.tostring(envelope))
+
+
+@pytest.mark.parametrize("uri", ["", "#xpointer(/)", "http://127.0.0.1:9/body.xml", "#nothing"])
+async def test_a_reference_to_anything_else_is_refused(
+    captured: tuple[Connector, bytes], uri: str
+) -> None:
+    connector, raw = captured
+    assert raw.count(b'URI="#id-body"') == 1
+    changed = raw.replace(b'URI="#id-body"', f'URI="{uri}"'.encode())
+    with pytest.raises(SourceInvalid, match="names no element"):
+        connector.verify(changed)
+
+
+async def test_a_signature_that_leaves_out_the_transaction_id_is_refused(
+    pki: DevPki, captured: tuple[Connector, bytes]
+) -> None:
+    """Signed by UWV's own key, six references, but one covers the token instead of the
+    transaction id, which is then changed: the connector reads only signed parts."""
+    connector, raw = captured
+    envelope = etree.fromstring(raw)
+    security = envelope.find("soap:Header/wsse:Security", NS)
+    assert security is not None
+    security.remove(security[-1])
+    transactie = envelope.find("soap:Header/uwv:TransactieId", NS)
+    assert transactie is not None
+    transactie.text = "tx-forged"
+    signed = [e for e in envelope.iter() if e.get(WSU_ID) is not None and e is not transactie]
+    assert len(signed) == 6  # five parts and the BinarySecurityToken
+    identity = pki.identity("uwv-sign")
+    key = load_pem_private_key(identity.key.read_bytes(), password=None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    key_info = x509_key_info(load_certificate(identity.cert))
+    sign(security, signing_key(key), SIGNATURE_SHAPE, key_info=key_info, signed=signed)
+    with pytest.raises(SourceInvalid, match="does not cover exactly"):
+        connector.verify(etree.tostring(envelope))
+
+
 async def test_replayed_answer_is_refused(
     pki: DevPki, captured: tuple[Connector, bytes], session: aiohttp.ClientSession
 ) -> None:
@@ -324,3 +393,26 @@ def test_public_surface() -> None:
     assert {c.contactvorm for c in CONTACTOPTIES} == {"telefoon", "website", "post"}
     website = next(c for c in CONTACTOPTIES if c.contactvorm == "website")
     assert website.waarde.startswith("https://www.uwv.nl/")
+
+
+async def test_an_answer_signed_when_the_certificate_was_not_valid_is_refused(
+    pki: DevPki, captured: tuple[Connector, bytes]
+) -> None:
+    """UWV's own key, but a signed wsu:Created from before its certificate was issued."""
+    connector, raw = captured
+    body = etree.fromstring(raw).find("soap:Body/uwv:VraagInkomensEnVorderingenResponse", NS)
+    assert body is not None
+    identity = pki.identity("uwv-sign")
+    key = load_pem_private_key(identity.key.read_bytes(), password=None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    backdated = sign_response(
+        body,
+        relates_to="urn:uuid:earlier",
+        transactie_id=TX,
+        message_id="urn:uuid:answer",
+        key=signing_key(key),
+        cert=load_certificate(identity.cert),
+        now=datetime(2000, 1, 1, tzinfo=UTC),
+    )
+    with pytest.raises(SourceInvalid, match="not valid at 2000-01-01"):
+        connector.verify(backdated)

@@ -190,8 +190,15 @@ def _regeling(regeling: etree._Element) -> Betalingsregeling:
 
 
 def _velden(element: etree._Element) -> dict[str, str]:
-    """An element's child elements by local name, read in one pass (findtext is slow)."""
-    return {etree.QName(child).localname: child.text or "" for child in element}
+    """An element's child elements by local name, read in one pass.
+
+    findtext and etree.QName are slow; the schema check has already placed every element in
+    DUO's namespace, so the local name is what follows the Clark-notation namespace.
+    """
+    return {
+        child.tag.rpartition("}")[2]: child.text or ""
+        for child in element.iterchildren(etree.Element)
+    }
 
 
 def _optionele_datum(velden: dict[str, str], name: str) -> str | None:

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Final
 
 from lxml import etree
-from signxml.algorithms import CanonicalizationMethod, DigestAlgorithm, SignatureMethod
 
 from gateway.models import Organisatie
+from gateway.xmldsig import C14N, ENVELOPED, SignatureShape
 
 ORGANISATIE: Final = Organisatie(
     oin="00000099000000001000", code="duo", naam="Dienst Uitvoering Onderwijs (DUO)"
@@ -19,10 +19,9 @@ MEDIA_TYPE: Final = "application/xml"
 NS: Final = "urn:nl:duo:blauweknop:1"
 NSMAP: Final = {"d": NS}
 
-# How DUO signs its answers; the verifier accepts exactly these and nothing weaker.
-SIGNATURE_METHOD: Final = SignatureMethod.RSA_SHA256
-DIGEST_ALGORITHM: Final = DigestAlgorithm.SHA256
-C14N_METHOD: Final = CanonicalizationMethod.EXCLUSIVE_XML_CANONICALIZATION_1_0
+# How DUO signs its answers: one enveloped signature directly under the root, over the whole
+# document; the verifier accepts exactly this and nothing weaker.
+SIGNATURE_SHAPE: Final = SignatureShape(parent=".", references=1, transforms=(ENVELOPED, C14N))
 
 _SCHEMA: Final = etree.XMLSchema(etree.parse(str(Path(__file__).with_name("koppelvlak.xsd"))))
 

@@ -13,24 +13,21 @@ from functools import cache
 from pathlib import Path
 
 import orjson
+import xmlsec
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from lxml import etree
-from signxml.algorithms import SignatureConstructionMethod
-from signxml.signer import XMLSigner
 
 from connectors._sandbox.faults import FAULTS, install_faults, rogue_identity
 from connectors._sandbox.runner import SandboxSpec
 from connectors.duo.history import Native, long_history
 from connectors.duo.protocol import (
-    C14N_METHOD,
-    DIGEST_ALGORITHM,
     MEDIA_TYPE,
     NSMAP,
     PATH,
-    SIGNATURE_METHOD,
+    SIGNATURE_SHAPE,
     check_message,
     new_message,
     qname,
@@ -39,11 +36,11 @@ from gateway.bsn import is_bsn
 from gateway.connector import load_certificate, parse_xml
 from gateway.errors import SourceInvalid
 from gateway.pki import DevPki
+from gateway.xmldsig import sign, signing_key, x509_key_info
 
 LONG_HISTORY_BSN = "999990068"
 
-_SIGNING_KEY = web.AppKey("duo_signing_key", rsa.RSAPrivateKey)
-_SIGNING_CERT = web.AppKey("duo_signing_cert", x509.Certificate)
+_SIGNER = web.AppKey("duo_signer", tuple[xmlsec.Key, x509.Certificate])
 
 
 def create_app(pki: DevPki) -> web.Application:
@@ -51,8 +48,7 @@ def create_app(pki: DevPki) -> web.Application:
     key = load_pem_private_key(identity.key.read_bytes(), password=None)
     assert isinstance(key, rsa.RSAPrivateKey)
     app = web.Application()
-    app[_SIGNING_KEY] = key
-    app[_SIGNING_CERT] = load_certificate(identity.cert)
+    app[_SIGNER] = (signing_key(key), load_certificate(identity.cert))
     install_faults(app)
     app.router.add_post(PATH, _overzicht)
     return app
@@ -84,22 +80,20 @@ async def _overzicht(request: web.Request) -> web.Response:
         element.text = text
         antwoord.insert(position, element)
 
-    app = request.app
-    key, cert = (
-        rogue_identity("rsa")
-        if app[FAULTS].wrong_signature
-        else (app[_SIGNING_KEY], app[_SIGNING_CERT])
-    )
-    signed = XMLSigner(
-        method=SignatureConstructionMethod.enveloped,
-        signature_algorithm=SIGNATURE_METHOD,
-        digest_algorithm=DIGEST_ALGORITHM,
-        c14n_algorithm=C14N_METHOD,
-    ).sign(antwoord, key=key, cert=[cert])
+    key, cert = _signer(request.app)
+    sign(antwoord, key, SIGNATURE_SHAPE, key_info=x509_key_info(cert))
     return web.Response(
-        body=etree.tostring(signed, xml_declaration=True, encoding="UTF-8"),
+        body=etree.tostring(antwoord, xml_declaration=True, encoding="UTF-8"),
         content_type=MEDIA_TYPE,
     )
+
+
+def _signer(app: web.Application) -> tuple[xmlsec.Key, x509.Certificate]:
+    if not app[FAULTS].wrong_signature:
+        return app[_SIGNER]
+    key, cert = rogue_identity("rsa")
+    assert isinstance(key, rsa.RSAPrivateKey)
+    return signing_key(key), cert
 
 
 def _fout(code: str, omschrijving: str) -> web.Response:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
+import xmlsec
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -36,10 +37,11 @@ from connectors.uwv.soap import (
 from gateway.bsn import is_bsn
 from gateway.connector import load_certificate
 from gateway.pki import DevPki
+from gateway.xmldsig import signing_key
 
 TESTDATA: Final = Path(__file__).with_name("testdata.json")
 
-_SIGNER = web.AppKey("uwv_signer", tuple[rsa.RSAPrivateKey, x509.Certificate])
+_SIGNER = web.AppKey("uwv_signer", tuple[xmlsec.Key, x509.Certificate])
 _ANTWOORDEN = web.AppKey("uwv_antwoorden", dict[str, bytes])
 
 
@@ -90,7 +92,7 @@ async def _vraag(request: web.Request) -> web.Response:
     if app[FAULTS].wrong_signature:
         rogue_key, cert = rogue_identity("rsa")
         assert isinstance(rogue_key, rsa.RSAPrivateKey)
-        key = rogue_key
+        key = signing_key(rogue_key)
     # The signature covers wsa:RelatesTo and a fresh Timestamp, so it is made per request;
     # only the rendered Body content is cached per BSN.
     body = sign_response(
@@ -111,7 +113,8 @@ def create_app(pki: DevPki) -> web.Application:
     assert isinstance(key, rsa.RSAPrivateKey)
     records: dict[str, dict[str, Any]] = json.loads(TESTDATA.read_text(encoding="utf-8"))
     app = web.Application(client_max_size=64 * 1024)
-    app[_SIGNER] = (key, load_certificate(identity.cert))
+    cert = load_certificate(identity.cert)
+    app[_SIGNER] = (signing_key(key), cert)
     app[_ANTWOORDEN] = {
         c.bsn: render_antwoord(c.bsn, records[c.bsn]) for c in CITIZENS if "uwv" in c.holders
     }
