@@ -30,10 +30,15 @@ class BundleIssuer:
         transactie_id: str,
         session: aiohttp.ClientSession,
         selected: Collection[str] | None = None,
+        among: Collection[str] | None = None,
     ) -> SignedBundel:
         with self.metrics.bundle_latency.time():
             bronnen = await self.fanout.collect(
-                bsn=bsn, transactie_id=transactie_id, session=session, selected=selected
+                bsn=bsn,
+                transactie_id=transactie_id,
+                session=session,
+                selected=selected,
+                among=among,
             )
             bundel = Bundel(
                 bundel_id=str(uuid.uuid4()),
