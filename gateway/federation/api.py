@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
-import time
 from collections.abc import AsyncIterator
 
 import orjson
@@ -136,15 +134,15 @@ async def rate_limited(request: web.Request, client_id: str, pseudonym: str) -> 
     settings = request.app[SETTINGS].federation
     store = request.app[AUDIT].store
     window = 60.0
-    minute = math.floor(time.time() / window)
     checks = (
         ("portaal", client_id, settings.rate_portal_per_minute),
         ("burger", pseudonym, settings.rate_citizen_per_minute),
     )
     for kind, key, limit in checks:
-        count = await store.increment(f"rate-{kind}", f"{key}:{minute}", window)
+        # The window starts at the first request and resets `window` seconds later.
+        count = await store.increment(f"rate-{kind}", key, window)
         if count > limit:
-            retry = str(int(window - time.time() % window) + 1)
+            retry = str(int(window))
             response = problem(
                 429,
                 "Te veel verzoeken",

@@ -18,6 +18,7 @@ Cedar denies by default: a request no policy permits is denied by `standaard-wei
 
 from __future__ import annotations
 
+import contextlib
 import re
 import tomllib
 from collections.abc import Collection, Mapping, Sequence
@@ -103,6 +104,16 @@ class PolicyEngine:
                 raise ConfigError(f"policy id {annotated!r} is used twice")
             ids[internal] = annotated
         return cls(text, ids, files)
+
+    @staticmethod
+    def fingerprint(directory: Path) -> tuple[tuple[str, int, int], ...]:
+        """Names, sizes and modification times of the policy files: cheap change detection."""
+        result = []
+        for path in sorted(directory.glob("*.cedar")):
+            with contextlib.suppress(OSError):
+                stat = path.stat()
+                result.append((path.name, stat.st_size, stat.st_mtime_ns))
+        return tuple(result)
 
     @property
     def policy_ids(self) -> tuple[str, ...]:

@@ -27,7 +27,7 @@ from gateway.audit.events import AuditTrail
 from gateway.authz.registry import Registry
 from gateway.config import Settings, connector_factory
 from gateway.connector import Connector, ConnectorSettings, read_limited
-from gateway.errors import BlauweKnopError
+from gateway.errors import BlauweKnopError, ConfigError
 from gateway.fanout import Fanout
 from gateway.federation import registry as reg
 from gateway.federation.policy import Decision, OrganisationFacts, PolicyEngine, Question
@@ -67,6 +67,7 @@ class Federation:
         self.fanout = fanout
         self.registry = registry
         self.policy = policy
+        self._policy_fingerprint = PolicyEngine.fingerprint(settings.policies_dir)
         self.retention = dict(retention)
         self.sandbox = settings.mode == "sandbox"
         self.rules = Rules(
@@ -162,10 +163,28 @@ class Federation:
         if close is not None:
             await close()
 
+    def reload_policies(self) -> bool:
+        """Load `policies/*.cedar` again if the files changed; a broken edit keeps the old set."""
+        directory = self.settings.policies_dir
+        fingerprint = PolicyEngine.fingerprint(directory)
+        if fingerprint == self._policy_fingerprint:
+            return False
+        self._policy_fingerprint = fingerprint
+        try:
+            engine = PolicyEngine.load(directory)
+        except (ConfigError, OSError) as exc:
+            log.error("policies changed but do not load; keeping the previous ones: %s", exc)
+            return False
+        self.policy = engine
+        self._rebuild_entities()
+        log.info("policies reloaded", extra={"policies": list(engine.policy_ids)})
+        return True
+
     async def poll(self) -> None:
-        """Runs for the gateway's lifetime: picks up registry changes without a restart."""
+        """Runs for the gateway's lifetime: picks up registry and policy changes, no restart."""
         while True:
             try:
+                self.reload_policies()
                 await self.refresh()
             except Exception:  # the store may be briefly unavailable; keep the last good view
                 log.exception("registry refresh failed; keeping the current directory")

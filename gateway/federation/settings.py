@@ -29,7 +29,7 @@ class FederationSettings:
     brp_timeout: float = 2.0
     connectors: tuple[str, ...] = ("generic", "gemeente")
     rate_portal_per_minute: int = 600
-    rate_citizen_per_minute: int = 20
+    rate_citizen_per_minute: int = 60
 
 
 def parse_federation(table: Mapping[str, Any], mode: str) -> FederationSettings:
