@@ -339,3 +339,26 @@ async def test_25_organisations_and_each_citizen_reaches_only_their_municipality
         await stack.session.close()
         for runner in [*runners, svb.runner, brp_runner, *gemeenten]:
             await runner.cleanup()
+
+
+async def test_a_second_replica_on_the_same_store_picks_up_the_change(
+    fed: tuple[Stack, RunningSandbox, Path], pki: DevPki
+) -> None:
+    from connectors.svb.sandbox import signing_key
+    from gateway.app import create_app
+
+    stack, svb, state = fed
+    replica, port = await serve_app(create_app(stack.settings))
+    try:
+        other = f"http://127.0.0.1:{port}"
+        await register_and_approve(stack, state, signing_key(pki), svb_entry(svb.url, pki))
+
+        async def svb_at_replica() -> bool:
+            async with stack.session.post(
+                f"{other}/v1/sandbox/bundel", json={"bsn": EVERYWHERE}
+            ) as response:
+                return statuses(await response.json()).get("svb") == "ok"
+
+        await eventually(svb_at_replica)
+    finally:
+        await replica.cleanup()
