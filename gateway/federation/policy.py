@@ -6,8 +6,9 @@ files the authorization server already reads (portals, purposes, categories) and
 organisation directory (static configuration plus the registry):
 
 - `Portal::"<client_id>"` with `purposes` and `scopes` (sets of strings);
-- `Purpose::"<purpose_id>"` with `min_acr_niveau` (0 low, 1 substantial, 2 high) and
-  `bewaartermijn_dagen`;
+- `Purpose::"<purpose_id>"` with `min_acr_niveau` (0 low, 1 substantial, 2 high),
+  `bewaartermijn_dagen` and `organisaties` (the purpose file's list: organisation codes, or
+  "gemeente" for the citizen's own municipality);
 - `Organisatie::"<code>"` with `soort` ("gemeente" for `gm` + CBS code, else the code itself),
   `gemeentecode` ("" if not a municipality) and `categorieen`.
 
@@ -137,6 +138,7 @@ class PolicyEngine:
                     "uid": {"type": "Purpose", "id": purpose.purpose_id},
                     "attrs": {
                         "min_acr_niveau": rank(purpose.min_acr) if purpose.min_acr else 0,
+                        "organisaties": sorted(purpose.organisations),
                         "bewaartermijn_dagen": int(retention.get(purpose.purpose_id, 0)),
                     },
                     "parents": [],
