@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -362,3 +363,56 @@ async def test_a_second_replica_on_the_same_store_picks_up_the_change(
         await eventually(svb_at_replica)
     finally:
         await replica.cleanup()
+
+
+async def test_calls_to_registered_organisations_check_the_resolved_address_each_time(
+    pki: DevPki, session: aiohttp.ClientSession
+) -> None:
+    """A registered municipality whose name resolves to loopback: refused outside sandbox mode,
+    at the connection itself, even though the built-in connector uses the shared session."""
+    from connectors.gemeente import create as create_gemeente_connector
+    from gateway.connector import ConnectorSettings, FetchRequest
+    from gateway.errors import SourceUnreachable
+    from gateway.federation.safety import GuardedConnector, check_resolves
+    from gateway.models import Organisatie
+
+    runner, port = await serve_app(create_gemeente(pki, gemeentecode="0599"))
+    try:
+        settings = ConnectorSettings(
+            organisatie=Organisatie("00000001059900000000", "gm0599", "Gemeente Rotterdam"),
+            base_url=f"http://localhost:{port}",
+            trust_cert=pki.identity("gemeente-sign").cert,
+            options={"gemeentecode": "0599"},
+        )
+        request = FetchRequest("999990007", "tx-guard-test", session)
+        guarded = GuardedConnector(create_gemeente_connector(settings), allow_private=False)
+        with pytest.raises(SourceUnreachable):
+            await guarded.fetch(request)
+        sandbox = GuardedConnector(create_gemeente_connector(settings), allow_private=True)
+        assert (await sandbox.fetch(request)).gegevens.is_empty
+        await guarded.aclose()
+        await sandbox.aclose()
+        with pytest.raises(UnsafeAddress):
+            await check_resolves(f"https://localhost:{port}")
+    finally:
+        await runner.cleanup()
+
+
+async def test_changing_who_an_organisation_is_needs_approval_again(
+    fed: tuple[Stack, RunningSandbox, Path], pki: DevPki
+) -> None:
+    from connectors.svb.sandbox import signing_key
+
+    stack, svb, state = fed
+    key = signing_key(pki)
+    await register_and_approve(stack, state, key, svb_entry(svb.url, pki))
+    # Renaming itself "cjib" would give the SVB the CJIB's place in the policies.
+    token = organisation_request(key, "wijzigen", svb_entry(svb.url, pki, code="cjib"), versie=2)
+    status, body = await send(stack.session, stack.url, token)
+    assert (status, body["status"], body["versie"]) == (200, "aangemeld", 3)
+
+    async def gone() -> bool:
+        codes = statuses(await stack.bundle(EVERYWHERE))
+        return "svb" not in codes and "cjib" not in codes
+
+    await eventually(gone)

@@ -400,6 +400,16 @@ def key_id(key: ec.EllipticCurvePublicKey) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(canonical).digest()).rstrip(b"=").decode()
 
 
+def identity_changed(old: Inschrijving, new: Inschrijving) -> bool:
+    """True when an update changes who the organisation is, not just how to reach it."""
+    return (old.code, old.naam, old.connector, old.gemeentecode) != (
+        new.code,
+        new.naam,
+        new.connector,
+        new.gemeentecode,
+    )
+
+
 def with_status(registratie: Registratie, status: Status) -> Registratie:
     return replace(registratie, status=status)
 

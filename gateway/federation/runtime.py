@@ -32,6 +32,7 @@ from gateway.fanout import Fanout
 from gateway.federation import registry as reg
 from gateway.federation.policy import Decision, OrganisationFacts, PolicyEngine, Question
 from gateway.federation.registry import Registratie, RegistrationRefused, Rules
+from gateway.federation.safety import GuardedConnector, UnsafeAddress, check_resolves
 from gateway.store import Store, VersionConflict
 
 log = logging.getLogger(__name__)
@@ -229,7 +230,8 @@ class Federation:
             trust_cert=anchor,
             options=options,
         )
-        return connector_factory(entry.connector)(settings)
+        inner = connector_factory(entry.connector)(settings)
+        return GuardedConnector(inner, allow_private=self.sandbox)
 
     def _anchor(self, content: bytes, suffix: str) -> Path:
         """Trust anchors as content-addressed files: connectors load them like configured ones."""
@@ -321,7 +323,16 @@ class Federation:
             if entry.oin != oin:
                 raise RegistrationRefused("the entry's oin differs from the request's oin")
             await self._check_code(entry)
+            if not self.sandbox:
+                try:
+                    await check_resolves(entry.url)
+                except UnsafeAddress as exc:
+                    raise RegistrationRefused(f"url: {exc}") from exc
             status: reg.Status = current.status if current is not None else "aangemeld"
+            if current is not None and reg.identity_changed(current.inschrijving, entry):
+                # Who the organisation is (code, kind, protocol, name) decides what policies
+                # allow it: changing that needs an administrator's approval again.
+                status = "aangemeld"
             new = Registratie(entry, status)
         try:
             stored = await self.store.put_version(

@@ -8,11 +8,13 @@ later resolves to 10.0.0.1 or 127.0.0.1 (DNS rebinding) is refused at call time 
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import socket
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 
@@ -79,6 +81,55 @@ class GuardedResolver(AbstractResolver):
 
     async def close(self) -> None:
         await self._inner.close()
+
+
+async def check_resolves(url: str) -> None:
+    """At registration outside sandbox mode: the host must resolve, to public addresses only."""
+    host = urlsplit(url).hostname or ""
+    try:
+        ipaddress.ip_address(host)
+        return  # a literal address was already checked by check_url
+    except ValueError:
+        pass
+    resolver = GuardedResolver()
+    try:
+        await resolver.resolve(host, 443, socket.AF_UNSPEC)
+    except OSError as exc:
+        raise UnsafeAddress(f"{host} does not resolve to public addresses only: {exc}") from exc
+    finally:
+        await resolver.close()
+
+
+class GuardedConnector:
+    """Wraps a connector built from a registry entry so that every call it makes goes through
+    `GuardedResolver`, whatever session the fan-out hands it (built-in connectors use the
+    gateway's shared session, which also serves configured organisations on private networks).
+    """
+
+    def __init__(self, inner: Any, *, allow_private: bool) -> None:
+        self.inner = inner
+        self.organisatie = inner.organisatie
+        self.contactopties = inner.contactopties
+        self._allow_private = allow_private
+        self._session: aiohttp.ClientSession | None = None
+
+    async def fetch(self, request: Any) -> Any:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(
+                limit_per_host=64, **connector_kwargs(allow_private=self._allow_private)
+            )
+            self._session = aiohttp.ClientSession(connector=connector)
+        return await self.inner.fetch(dataclasses.replace(request, session=self._session))
+
+    def verify(self, raw: bytes) -> Any:
+        return self.inner.verify(raw)
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        close = getattr(self.inner, "aclose", None)
+        if close is not None:
+            await close()
 
 
 def connector_kwargs(*, allow_private: bool) -> dict[str, Any]:
