@@ -133,3 +133,72 @@ async def test_rate_limit_per_citizen_answers_429_in_dutch(world: PortalStack) -
     assert content_type == "application/problem+json"
     assert headers["Retry-After"] == "60"
     assert "Probeer het over een minuut opnieuw" in orjson.loads(body)["detail"]
+
+
+async def test_consent_offers_only_the_citizens_own_municipality(
+    tmp_path: Path, pki: DevPki
+) -> None:
+    from connectors._sandbox.runner import serve_app
+    from connectors.brp.sandbox import create_app as create_brp
+    from connectors.gemeente.sandbox import create_app as create_gemeente
+    from gateway.federation.client import approval_request, jwks_for, organisation_request, send
+    from gateway.federation.keys import development_admin_key
+
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "pki").symlink_to(pki.directory)
+    brp, brp_port = await serve_app(create_brp(pki))
+    rotterdam, rotterdam_port = await serve_app(create_gemeente(pki, gemeentecode="0599"))
+    world = await start_portal_stack(
+        state,
+        pki,
+        tmp_path / "policies",
+        federation={"poll_seconds": 0.1, "brp_url": f"http://127.0.0.1:{brp_port}"},
+    )
+    try:
+        key = ec.generate_private_key(ec.SECP256R1())
+        entry = {
+            "oin": "00000001059900000000",
+            "code": "gm0599",
+            "gemeentecode": "0599",
+            "naam": "Gemeente Rotterdam",
+            "connector": "gemeente",
+            "url": f"http://127.0.0.1:{rotterdam_port}",
+            "jwks": jwks_for(key),
+            "x509": pki.identity("gemeente-sign").cert.read_text(),
+            "categorieen": ["financiele-zaken", "inkomen"],
+        }
+        status, body = await send(
+            world.session, world.url, organisation_request(key, "aanmelden", entry)
+        )
+        assert status == 200, body
+        admin, _ = development_admin_key(state)
+        status, body = await send(
+            world.session, world.url, approval_request(admin, entry["oin"], 1)
+        )
+        assert status == 200, body
+        federation = world.stack.app[FEDERATION]
+        deadline = time.monotonic() + 5
+        while "gm0599" not in federation.members:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+
+        for bsn, own, other in (
+            ("999990020", "gm0363", "gm0599"),
+            ("999990007", "gm0599", "gm0363"),
+        ):
+            token, dpop_key = await token_for(
+                world, world.other, bsn=bsn, purpose_id="schuldhulp-intake"
+            )
+            consent = (await events(world, "toestemming.gegeven"))[-1]["data"]
+            assert own in consent["organisaties"]
+            assert other not in consent["organisaties"]
+            status, _, raw, _ = await fetch(world, token, dpop_key)
+            assert status == 200, raw
+            codes = {b["organisatie"]["code"] for b in orjson.loads(raw)["bundel"]["bronnen"]}
+            assert own in codes
+            assert other not in codes
+    finally:
+        await stop_portal_stack(world)
+        await brp.cleanup()
+        await rotterdam.cleanup()

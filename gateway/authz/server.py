@@ -696,7 +696,9 @@ async def _bundel(request: web.Request) -> web.StreamResponse:
     if limited is not None:
         return limited
     federation = request.app[FEDERATION]
-    gemeentecode = await federation.gemeentecode(grant.bsn, request.app[SESSION])
+    # The consent named the citizen's municipality (looked up in the BRP for the consent page):
+    # the download asks that one, without a second BRP call on the bundle's critical path.
+    gemeentecode = federation.consented_gemeentecode(grant.organisations)
     among = federation.among(gemeentecode)
     question = Question(grant.client_id, grant.purpose_id, grant.scopes, grant.acr, gemeentecode)
     decisions = federation.decide(question, among)

@@ -416,6 +416,15 @@ class Federation:
             return ""
         return code if isinstance(code, str) and len(code) == 4 and code.isdigit() else ""
 
+    def consented_gemeentecode(self, organisations: Sequence[str]) -> str:
+        """The municipality a consent names (consent offers only the citizen's own), or ""."""
+        codes = {
+            m.facts.gemeentecode
+            for code, m in self._members.items()
+            if code in organisations and m.facts.gemeentecode
+        }
+        return codes.pop() if len(codes) == 1 else ""
+
     def among(self, gemeentecode: str) -> list[str]:
         """Every organisation except municipalities other than the citizen's own."""
         return [
