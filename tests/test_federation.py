@@ -7,6 +7,7 @@ the generic provider API and has no code in the gateway), municipality sandboxes
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -416,3 +417,59 @@ async def test_changing_who_an_organisation_is_needs_approval_again(
         return "svb" not in codes and "cjib" not in codes
 
     await eventually(gone)
+
+
+async def run_cli(*args: str) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).with_name("blauweknop")),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    stdout, _ = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, stdout.decode()
+
+
+async def test_org_commands_register_approve_update_and_list(
+    fed: tuple[Stack, RunningSandbox, Path], pki: DevPki, tmp_path: Path
+) -> None:
+    stack, svb, state = fed
+    entry_file = tmp_path / "svb.json"
+    entry_file.write_bytes(orjson.dumps(svb_entry(svb.url, pki)))
+    key_file = pki.directory / "svb-sign.es256.key.pem"
+    code, out = await run_cli(
+        "org", "register", str(entry_file), "--key", str(key_file), "--gateway", stack.url
+    )
+    assert code == 0, out
+    assert '"status": "aangemeld"' in out
+    admin_key = state / "federation" / "admin.key.pem"
+    code, out = await run_cli(
+        "org",
+        "approve",
+        SVB_OIN,
+        "--versie",
+        "2",
+        "--admin-key",
+        str(admin_key),
+        "--gateway",
+        stack.url,
+    )
+    assert code == 1, out  # not the version that was reviewed
+    assert "approve the version you reviewed" in out
+    code, out = await run_cli(
+        "org",
+        "approve",
+        SVB_OIN,
+        "--versie",
+        "1",
+        "--admin-key",
+        str(admin_key),
+        "--gateway",
+        stack.url,
+    )
+    assert code == 0, out
+    code, out = await run_cli("org", "list", "--gateway", stack.url)
+    assert code == 0, out
+    assert "svb" in out
+    assert "goedgekeurd" in out

@@ -102,10 +102,14 @@ async def _request(request: web.Request) -> web.Response:
 
 async def _list(request: web.Request) -> web.Response:
     federation = request.app[FEDERATION]
-    documents = await federation.store.list_latest(reg.KIND)
-    entries = [
-        _view(Registratie.from_bytes(d.body, d.version, d.seq, federation.rules)) for d in documents
-    ]
+    entries: list[dict[str, object]] = []
+    for d in await federation.store.list_latest(reg.KIND):
+        try:
+            entries.append(
+                _view(Registratie.from_bytes(d.body, d.version, d.seq, federation.rules))
+            )
+        except (ValueError, KeyError):  # stored under older rules (e.g. a retired category)
+            entries.append({"versie": d.version, "status": "onleesbaar", "oin": d.key})
     return web.json_response({"organisaties": entries, "actief": sorted(federation.members)})
 
 
