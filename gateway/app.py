@@ -223,15 +223,15 @@ async def _sandbox_bundel(request: web.Request) -> web.Response:
     wants_jws = fields.get("formaat") == "jws" or JOSE in request.headers.get("Accept", "")
     from gateway.federation.api import FEDERATION
 
-    # No portal and no purpose here: only the routing to the citizen's own municipality applies.
+    # No portal and no purpose here: only the routing to the citizen's own municipality applies;
+    # the BRP lookup runs alongside the calls to the other organisations.
     federation = request.app[FEDERATION]
-    among = federation.among(await federation.gemeentecode(bsn, request.app[SESSION]))
     signed = await request.app[ISSUER].issue(
         bsn=bsn,
         transactie_id=request[TRANSACTIE_ID],
         session=request.app[SESSION],
         selected=organisaties,
-        among=among,
+        admit=federation.admission(bsn, request.app[SESSION]),
     )
     if wants_jws:
         body, content_type, extension = signed.compact_jws.encode(), JOSE, "jws"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 
 import aiohttp
 
@@ -31,6 +31,7 @@ class BundleIssuer:
         session: aiohttp.ClientSession,
         selected: Collection[str] | None = None,
         among: Collection[str] | None = None,
+        admit: Callable[[str], Awaitable[bool]] | None = None,
     ) -> SignedBundel:
         with self.metrics.bundle_latency.time():
             bronnen = await self.fanout.collect(
@@ -39,6 +40,7 @@ class BundleIssuer:
                 session=session,
                 selected=selected,
                 among=among,
+                admit=admit,
             )
             bundel = Bundel(
                 bundel_id=str(uuid.uuid4()),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -84,19 +84,40 @@ class Fanout:
         session: aiohttp.ClientSession,
         selected: Collection[str] | None = None,
         among: Collection[str] | None = None,
+        admit: Callable[[str], Awaitable[bool]] | None = None,
     ) -> tuple[Bron, ...]:
         """One `Bron` per connector, in configuration order; `selected` limits who is asked.
 
         `among`, when given, leaves every other organisation out of the bundle altogether
         (another municipality than the citizen's own is not "not asked": it does not concern
-        them); `selected` organisations outside it are not asked either.
+        them); `selected` organisations outside it are not asked either. `admit` does the same
+        per organisation code, asynchronously and concurrently with the calls to the others
+        (the BRP lookup that says which municipality is the citizen's runs alongside them).
         """
         request = FetchRequest(bsn, transactie_id, session)
         deadline = asyncio.get_running_loop().time() + self.deadline
         connectors = [c for c in self.connectors if among is None or c.organisatie.code in among]
-        return tuple(
-            await asyncio.gather(*(self._one(c, request, deadline, selected) for c in connectors))
+        bronnen = await asyncio.gather(
+            *(self._admitted(c, request, deadline, selected, admit) for c in connectors)
         )
+        return tuple(b for b in bronnen if b is not None)
+
+    async def _admitted(
+        self,
+        connector: Connector,
+        request: FetchRequest,
+        deadline: float,
+        selected: Collection[str] | None,
+        admit: Callable[[str], Awaitable[bool]] | None,
+    ) -> Bron | None:
+        if admit is not None:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    if not await admit(connector.organisatie.code):
+                        return None
+            except TimeoutError:
+                return None
+        return await self._one(connector, request, deadline, selected)
 
     async def _one(
         self,

@@ -14,7 +14,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -415,6 +415,24 @@ class Federation:
             log.warning("BRP lookup failed, no municipality is asked: %s", type(exc).__name__)
             return ""
         return code if isinstance(code, str) and len(code) == 4 and code.isdigit() else ""
+
+    def admission(
+        self, bsn: str, session: aiohttp.ClientSession
+    ) -> Callable[[str], Awaitable[bool]]:
+        """A fan-out `admit` predicate: organisations other than municipalities at once; a
+        municipality once the BRP (looked up once, concurrently) says it is the citizen's."""
+        lookup: asyncio.Task[str] | None = None
+
+        async def admit(code: str) -> bool:
+            nonlocal lookup
+            member = self._members.get(code)
+            if member is None or not member.facts.gemeentecode:
+                return True
+            if lookup is None:
+                lookup = asyncio.ensure_future(self.gemeentecode(bsn, session))
+            return member.facts.gemeentecode == await asyncio.shield(lookup)
+
+        return admit
 
     def consented_gemeentecode(self, organisations: Sequence[str]) -> str:
         """The municipality a consent names (consent offers only the citizen's own), or ""."""
