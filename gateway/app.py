@@ -80,6 +80,9 @@ def create_app(settings: Settings, keys: KeyRing | None = None) -> web.Applicati
 
     login.setup(app)
     authz.setup(app)
+    from gateway.federation import api as federation  # registry, BRP routing, Cedar policies
+
+    federation.setup(app)
     if settings.mode == "sandbox":
         # Fetching by BSN without login exists only in sandbox mode; production never routes it.
         app.router.add_get("/", _sandbox_home)
@@ -218,11 +221,17 @@ async def _sandbox_bundel(request: web.Request) -> web.Response:
     ):
         return problem(400, "Ongeldig verzoek", "organisaties must be a list of codes.")
     wants_jws = fields.get("formaat") == "jws" or JOSE in request.headers.get("Accept", "")
+    from gateway.federation.api import FEDERATION
+
+    # No portal and no purpose here: only the routing to the citizen's own municipality applies;
+    # the BRP lookup runs alongside the calls to the other organisations.
+    federation = request.app[FEDERATION]
     signed = await request.app[ISSUER].issue(
         bsn=bsn,
         transactie_id=request[TRANSACTIE_ID],
         session=request.app[SESSION],
         selected=organisaties,
+        admit=federation.admission(bsn, request.app[SESSION]),
     )
     if wants_jws:
         body, content_type, extension = signed.compact_jws.encode(), JOSE, "jws"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 
 import aiohttp
 
@@ -30,10 +30,17 @@ class BundleIssuer:
         transactie_id: str,
         session: aiohttp.ClientSession,
         selected: Collection[str] | None = None,
+        among: Collection[str] | None = None,
+        admit: Callable[[str], Awaitable[bool]] | None = None,
     ) -> SignedBundel:
         with self.metrics.bundle_latency.time():
             bronnen = await self.fanout.collect(
-                bsn=bsn, transactie_id=transactie_id, session=session, selected=selected
+                bsn=bsn,
+                transactie_id=transactie_id,
+                session=session,
+                selected=selected,
+                among=among,
+                admit=admit,
             )
             bundel = Bundel(
                 bundel_id=str(uuid.uuid4()),

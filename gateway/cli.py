@@ -85,6 +85,10 @@ def _parser() -> argparse.ArgumentParser:
     s_citizens.add_argument("--json", action="store_true", help="machine-readable output")
     s_citizens.set_defaults(run=_sandbox_citizens)
 
+    from gateway.federation.cli import add_commands as add_federation_commands
+
+    add_federation_commands(sub)
+
     keys = sub.add_parser("keys", help="the development PKI's seal keys")
     keys_sub = keys.add_subparsers(metavar="ACTION", required=True)
     keys_sub.add_parser("rotate", help="make a new seal key that signs from now on").set_defaults(

@@ -21,6 +21,7 @@ from gateway.assurance import BSN_SUB_ID_TYPE, DEFAULT_ACR_MAPPING, EIDAS_LEVELS
 from gateway.connector import ConnectorFactory, ConnectorSettings
 from gateway.errors import ConfigError
 from gateway.fanout import BreakerSettings
+from gateway.federation.settings import FederationSettings, parse_federation
 from gateway.models import Contactoptie, Organisatie
 from gateway.pki import DevPki
 from gateway.sign import KeyRing
@@ -131,6 +132,8 @@ class Settings:
     demo_portal_port: int = 8088
     authz: AuthzSettings = field(default_factory=lambda: AuthzSettings())
     oidc: OidcSettings = field(default_factory=OidcSettings)
+    # The organisation registry, BRP, policies and rate limits (docs/federation.md).
+    federation: FederationSettings = field(default_factory=FederationSettings)
 
     @property
     def digid_port(self) -> int:
@@ -246,6 +249,7 @@ def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
         demo_portal_port=_int(data, "demo_portal_port", 8088),
         authz=_authz(_table(data, "authz")),
         oidc=_oidc(_table(data, "oidc"), mode, sandbox_host, sandbox_base_port),
+        federation=parse_federation(_table(data, "federation"), mode),
     )
     if mode == "production":
         _check_production(settings)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -58,13 +58,23 @@ class Fanout:
         metrics: Metrics,
         breaker: BreakerSettings = BreakerSettings(),
     ) -> None:
-        self.connectors = tuple(connectors)
         self.deadline = deadline
         self.metrics = metrics
-        self.breakers = {
-            c.organisatie.code: CircuitBreaker(breaker.failure_threshold, breaker.reset_after)
-            for c in self.connectors
-        }
+        self._breaker_settings = breaker
+        self.breakers: dict[str, CircuitBreaker] = {}
+        self.replace_connectors(connectors)
+
+    def replace_connectors(self, connectors: Sequence[Connector]) -> None:
+        """Swap in a new set of connectors (the registry changed); breakers of known codes stay.
+
+        Requests already collecting keep the set they started with.
+        """
+        self.connectors = tuple(connectors)
+        for c in self.connectors:
+            if c.organisatie.code not in self.breakers:
+                self.breakers[c.organisatie.code] = CircuitBreaker(
+                    self._breaker_settings.failure_threshold, self._breaker_settings.reset_after
+                )
 
     async def collect(
         self,
@@ -73,15 +83,41 @@ class Fanout:
         transactie_id: str,
         session: aiohttp.ClientSession,
         selected: Collection[str] | None = None,
+        among: Collection[str] | None = None,
+        admit: Callable[[str], Awaitable[bool]] | None = None,
     ) -> tuple[Bron, ...]:
-        """One `Bron` per connector, in configuration order; `selected` limits who is asked."""
+        """One `Bron` per connector, in configuration order; `selected` limits who is asked.
+
+        `among`, when given, leaves every other organisation out of the bundle altogether
+        (another municipality than the citizen's own is not "not asked": it does not concern
+        them); `selected` organisations outside it are not asked either. `admit` does the same
+        per organisation code, asynchronously and concurrently with the calls to the others
+        (the BRP lookup that says which municipality is the citizen's runs alongside them).
+        """
         request = FetchRequest(bsn, transactie_id, session)
         deadline = asyncio.get_running_loop().time() + self.deadline
-        return tuple(
-            await asyncio.gather(
-                *(self._one(c, request, deadline, selected) for c in self.connectors)
-            )
+        connectors = [c for c in self.connectors if among is None or c.organisatie.code in among]
+        bronnen = await asyncio.gather(
+            *(self._admitted(c, request, deadline, selected, admit) for c in connectors)
         )
+        return tuple(b for b in bronnen if b is not None)
+
+    async def _admitted(
+        self,
+        connector: Connector,
+        request: FetchRequest,
+        deadline: float,
+        selected: Collection[str] | None,
+        admit: Callable[[str], Awaitable[bool]] | None,
+    ) -> Bron | None:
+        if admit is not None:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    if not await admit(connector.organisatie.code):
+                        return None
+            except TimeoutError:
+                return None
+        return await self._one(connector, request, deadline, selected)
 
     async def _one(
         self,

@@ -99,6 +99,13 @@ def write_policies(target: Path, test_key: ClientKey, other_key: ClientKey) -> P
         '[omschrijving]\nnl = "Alleen voor tests."\nen = "Tests only."\n'
         '[grondslag]\nnl = "Geen: test"\nen = "None: test"\n'
     )
+    # Every purpose needs a Cedar policy that permits it (policies/federatie.cedar): Cedar
+    # denies by default, so a purpose without one would offer no organisation at all.
+    (target / "hoog-test.cedar").write_text(
+        '@id("test-hoog")\npermit (principal is Portal, action == Action::"gegevens_ophalen", '
+        'resource is Organisatie)\nwhen { context.purpose == Purpose::"hoog-test" && '
+        'principal.purposes.contains("hoog-test") };\n'
+    )
     portal(
         "test-portaal",
         test_key,

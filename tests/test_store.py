@@ -69,3 +69,45 @@ async def test_put_new_detects_replays_and_take_is_single_use(tmp_path: Path) ->
         assert await store.put_new("short", "k", b"v2", ttl=60), "an expired key can be reused"
     finally:
         await store.close()
+
+
+async def test_versioned_documents_keep_every_version_and_refuse_lost_updates(
+    tmp_path: Path,
+) -> None:
+    from gateway.store import VersionConflict
+
+    store = await SqliteStore.open(tmp_path / "state.db")
+    try:
+        assert await store.head("organisatie") == 0
+        first = await store.put_version("organisatie", "svb", b"v1", expected_version=0)
+        assert first.version == 1
+        with pytest.raises(VersionConflict):
+            await store.put_version("organisatie", "svb", b"again", expected_version=0)
+        second = await store.put_version("organisatie", "svb", b"v2", expected_version=1)
+        await store.put_version("organisatie", "duo", b"d1", expected_version=0)
+        assert second.seq > first.seq
+        latest = await store.get_latest("organisatie", "svb")
+        assert latest is not None
+        assert (latest.version, latest.body) == (2, b"v2")
+        assert [(d.key, d.body) for d in await store.list_latest("organisatie")] == [
+            ("duo", b"d1"),
+            ("svb", b"v2"),
+        ]
+        assert [d.body for d in await store.history("organisatie", "svb")] == [b"v1", b"v2"]
+        assert await store.head("organisatie") > second.seq
+        assert await store.head("andere-soort") == 0
+        assert await store.get_latest("organisatie", "cak") is None
+    finally:
+        await store.close()
+
+
+async def test_counters_count_within_their_window_and_reset_after(tmp_path: Path) -> None:
+    store = await SqliteStore.open(tmp_path / "state.db")
+    try:
+        counts = [await store.increment("rate", "portaal", 0.3) for _ in range(3)]
+        assert counts == [1, 2, 3]
+        assert await store.increment("rate", "ander", 0.3) == 1
+        await asyncio.sleep(0.35)
+        assert await store.increment("rate", "portaal", 0.3) == 1
+    finally:
+        await store.close()

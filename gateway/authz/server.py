@@ -24,7 +24,16 @@ import orjson
 from aiohttp import web
 from prometheus_client import Counter
 
-from gateway.app import AUDIT, ISSUER, METRICS, SESSION, SETTINGS, TRANSACTIE_ID, release
+from gateway.app import (
+    AUDIT,
+    ISSUER,
+    METRICS,
+    SESSION,
+    SETTINGS,
+    TRANSACTIE_ID,
+    problem,
+    release,
+)
 from gateway.assurance import at_least
 from gateway.authz import pages
 from gateway.authz.grants import (
@@ -394,19 +403,28 @@ def _csrf(transaction: Transaction, session_id: str) -> str:
     return b64url(mac.digest())
 
 
-def _choices(request: web.Request, transaction: Transaction) -> list[pages.OrganisationChoice]:
-    registry = request.app[REGISTRY]
+async def _choices(
+    request: web.Request, transaction: Transaction, citizen: Citizen
+) -> list[pages.OrganisationChoice]:
+    """The organisations the federation's policies allow for this request (policies/*.cedar)."""
+    from gateway.federation.api import FEDERATION
+    from gateway.federation.policy import Question
+
+    federation = request.app[FEDERATION]
     authorization = transaction.request
-    purpose = registry.purposes[authorization.purpose_id]
-    providers = set().union(*(registry.categories[s].organisations for s in authorization.scopes))
-    configured = {
-        o.settings.organisatie.code: o.settings.organisatie.naam
-        for o in request.app[SETTINGS].organisations
-    }
+    gemeentecode = await federation.gemeentecode(citizen.bsn, request.app[SESSION])
+    question = Question(
+        authorization.client_id,
+        authorization.purpose_id,
+        authorization.scopes,
+        citizen.acr,
+        gemeentecode,
+    )
+    decisions = federation.decide(question, federation.among(gemeentecode))
     return [
-        pages.OrganisationChoice(code, configured[code])
-        for code in purpose.organisations
-        if code in providers and code in configured
+        pages.OrganisationChoice(d.code, federation.members[d.code].naam)
+        for d in decisions
+        if d.allowed
     ]
 
 
@@ -458,7 +476,7 @@ async def _render_consent(
         portal=registry.portals[authorization.client_id],
         purpose=purpose,
         categories=[registry.categories[s] for s in authorization.scopes],
-        organisations=_choices(request, transaction),
+        organisations=await _choices(request, transaction, citizen),
         switch_href=path + ("" if lang == "en" else "?lang=en"),
         token_seconds=request.app[SETTINGS].authz.access_token_seconds,
         message=message,
@@ -498,7 +516,7 @@ async def _consent_decision(request: web.Request) -> web.StreamResponse:
         return _html_error(
             request, OAuthError("access_denied", "the login's assurance level is too low", 403)
         )
-    offered = [c.code for c in _choices(request, transaction)]
+    offered = [c.code for c in await _choices(request, transaction, citizen)]
     chosen = [o for o in form.getall("organisatie", []) if isinstance(o, str)]
     organisations = tuple(code for code in offered if code in chosen)
     decision = form.get("besluit")
@@ -671,6 +689,32 @@ async def _bundel(request: web.Request) -> web.StreamResponse:
         return _resource_error(error)
     grant = token_record.grant
     trail = request.app[AUDIT]
+    from gateway.federation.api import FEDERATION, rate_limited
+    from gateway.federation.policy import Question
+
+    limited = await rate_limited(request, grant.client_id, trail.key.pseudonym(grant.bsn))
+    if limited is not None:
+        return limited
+    federation = request.app[FEDERATION]
+    # The consent named the citizen's municipality (looked up in the BRP for the consent page):
+    # the download asks that one, without a second BRP call on the bundle's critical path.
+    gemeentecode = federation.consented_gemeentecode(grant.organisations)
+    among = federation.among(gemeentecode)
+    question = Question(grant.client_id, grant.purpose_id, grant.scopes, grant.acr, gemeentecode)
+    decisions = federation.decide(question, among)
+    await federation.audit_decisions(request[TRANSACTIE_ID], question, decisions, grant.bsn)
+    allowed = {d.code for d in decisions if d.allowed}
+    selected = [code for code in grant.organisations if code in allowed]
+    if not selected:
+        return problem(
+            403,
+            "Niet toegestaan",
+            "Het beleid van de Blauwe Knop staat niet toe dat dit portaal voor dit doel gegevens "
+            "ophaalt bij de organisaties waarvoor u toestemming gaf. Neem contact op met het "
+            "portaal. (The federation's policy does not allow this portal to fetch data for this "
+            "purpose from the organisations you consented to.) Beleid/policy: "
+            + ", ".join(sorted({p for d in decisions if not d.allowed for p in d.policies})),
+        )
     await trail.record(
         "toestemming.gebruikt",
         request[TRANSACTIE_ID],
@@ -686,7 +730,8 @@ async def _bundel(request: web.Request) -> web.StreamResponse:
         bsn=grant.bsn,
         transactie_id=request[TRANSACTIE_ID],
         session=request.app[SESSION],
-        selected=_selected(request.app[REGISTRY], grant),
+        selected=selected,
+        among=among,
     )
     if media == JOSE:
         body, extension = signed.compact_jws.encode(), "jws"
@@ -695,12 +740,6 @@ async def _bundel(request: web.Request) -> web.StreamResponse:
     response = await release(request, signed, body, media, extension)
     response.headers["Vary"] = "Accept"
     return response
-
-
-def _selected(registry: Registry, grant: Grant) -> list[str]:
-    """Consented organisations that provide at least one granted data category."""
-    providers = set().union(*(registry.categories[s].organisations for s in grant.scopes))
-    return [code for code in grant.organisations if code in providers]
 
 
 async def _authorise_bundle(request: web.Request) -> tuple[AccessToken, str]:

@@ -1,8 +1,10 @@
 """One small interface for every piece of shared state: the audit outbox and expiring keys.
 
 The outbox holds audit events until the relay has published them; expiring keys hold sessions,
-authorization codes and replay caches. SQLite (`gateway.store.sqlite`) is the embedded default;
-a PostgreSQL implementation serves several replicas.
+authorization codes and replay caches; versioned documents hold the federation's organisation
+registry (every version kept); counters hold rate limits shared by all replicas. SQLite
+(`gateway.store.sqlite`) is the embedded default; a PostgreSQL implementation serves several
+replicas.
 """
 
 from __future__ import annotations
@@ -26,6 +28,22 @@ class OutboxRecord:
     key: str
     payload: bytes
     seq: int = 0
+
+
+class VersionConflict(BlauweKnopError):
+    """A versioned document changed since the caller read it; read again and retry."""
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentVersion:
+    """One version of a document. `version` counts per key from 1; `seq` orders all writes."""
+
+    kind: str
+    key: str
+    version: int
+    body: bytes
+    seq: int
+    created: float
 
 
 class Store(Protocol):
@@ -52,6 +70,38 @@ class Store(Protocol):
         ...
 
     async def get(self, namespace: str, key: str) -> bytes | None: ...
+
+    # Versioned documents: append-only, one row per version (the registry's history).
+
+    async def put_version(
+        self, kind: str, key: str, body: bytes, *, expected_version: int
+    ) -> DocumentVersion:
+        """Store version `expected_version + 1` of (kind, key); 0 means "must not exist yet".
+
+        Raises VersionConflict when the latest version is not `expected_version` (two writers).
+        Durable when this returns, or StoreUnavailable.
+        """
+        ...
+
+    async def get_latest(self, kind: str, key: str) -> DocumentVersion | None: ...
+
+    async def list_latest(self, kind: str) -> Sequence[DocumentVersion]:
+        """The latest version of every key of a kind, ordered by key."""
+        ...
+
+    async def history(self, kind: str, key: str) -> Sequence[DocumentVersion]:
+        """Every version of one key, oldest first."""
+        ...
+
+    async def head(self, kind: str) -> int:
+        """The highest `seq` written for a kind (0 if none): a cheap "did anything change?"."""
+        ...
+
+    # Counters with a window, for rate limits shared by replicas.
+
+    async def increment(self, namespace: str, key: str, window: float) -> int:
+        """Add one to a counter that resets `window` seconds after its first hit; the new count."""
+        ...
 
     async def close(self) -> None: ...
 

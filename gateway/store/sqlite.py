@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gateway.store import OutboxRecord, StoreUnavailable
+from gateway.store import DocumentVersion, OutboxRecord, StoreUnavailable, VersionConflict
 
 T = TypeVar("T")
 
@@ -36,6 +36,16 @@ CREATE TABLE IF NOT EXISTS kv (
     expires REAL NOT NULL,
     PRIMARY KEY (namespace, key)
 );
+CREATE TABLE IF NOT EXISTS documents (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    created REAL NOT NULL,
+    UNIQUE (kind, key, version)
+);
+CREATE INDEX IF NOT EXISTS documents_kind ON documents (kind, seq);
 """
 
 
@@ -168,6 +178,91 @@ class SqliteStore:
         )
         return bytes(rows[0][0]) if rows else None
 
+    async def put_version(
+        self, kind: str, key: str, body: bytes, *, expected_version: int
+    ) -> DocumentVersion:
+        result: DocumentVersion = await self._run(
+            self._put_version, kind, key, body, expected_version
+        )
+        return result
+
+    def _put_version(self, kind: str, key: str, body: bytes, expected: int) -> DocumentVersion:
+        now = time.time()
+        try:
+            with self._transaction() as conn:
+                row = conn.execute(
+                    "SELECT max(version) FROM documents WHERE kind = ? AND key = ?", (kind, key)
+                ).fetchone()
+                latest = int(row[0] or 0)
+                if latest != expected:
+                    raise VersionConflict(
+                        f"{kind} {key!r} is at version {latest}, not {expected}: read it again"
+                    )
+                cursor = conn.execute(
+                    "INSERT INTO documents (kind, key, version, body, created) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (kind, key, expected + 1, body, now),
+                )
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"document could not be written: {exc}") from exc
+        seq = cursor.lastrowid
+        assert seq is not None
+        return DocumentVersion(kind, key, expected + 1, body, seq, now)
+
+    async def get_latest(self, kind: str, key: str) -> DocumentVersion | None:
+        rows = await self._run(
+            self._query,
+            f"SELECT {_DOC_COLUMNS} FROM documents WHERE kind = ? AND key = ? "  # noqa: S608
+            "ORDER BY version DESC LIMIT 1",
+            (kind, key),
+        )
+        return _document(rows[0]) if rows else None
+
+    async def list_latest(self, kind: str) -> Sequence[DocumentVersion]:
+        rows = await self._run(
+            self._query,
+            f"SELECT {_DOC_COLUMNS} FROM documents d WHERE kind = ? AND version = "  # noqa: S608
+            "(SELECT max(version) FROM documents WHERE kind = d.kind AND key = d.key) "
+            "ORDER BY key",
+            (kind,),
+        )
+        return [_document(r) for r in rows]
+
+    async def history(self, kind: str, key: str) -> Sequence[DocumentVersion]:
+        rows = await self._run(
+            self._query,
+            f"SELECT {_DOC_COLUMNS} FROM documents "  # noqa: S608
+            "WHERE kind = ? AND key = ? ORDER BY version",
+            (kind, key),
+        )
+        return [_document(r) for r in rows]
+
+    async def head(self, kind: str) -> int:
+        rows = await self._run(
+            self._query, "SELECT coalesce(max(seq), 0) FROM documents WHERE kind = ?", (kind,)
+        )
+        return int(rows[0][0])
+
+    async def increment(self, namespace: str, key: str, window: float) -> int:
+        return int(await self._run(self._increment, namespace, key, window))
+
+    def _increment(self, namespace: str, key: str, window: float) -> int:
+        now = time.time()
+        with self._transaction() as conn:
+            conn.execute(
+                "DELETE FROM kv WHERE namespace = ? AND key = ? AND expires <= ?",
+                (namespace, key, now),
+            )
+            conn.execute(
+                "INSERT INTO kv (namespace, key, value, expires) VALUES (?, ?, '1', ?) "
+                "ON CONFLICT (namespace, key) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+                (namespace, key, now + window),
+            )
+            row = conn.execute(
+                "SELECT value FROM kv WHERE namespace = ? AND key = ?", (namespace, key)
+            ).fetchone()
+        return int(row[0])
+
     def _query(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         return self.conn.execute(sql, params).fetchall()
 
@@ -182,3 +277,10 @@ class SqliteStore:
             await self._run(self._conn.close)
             self._conn = None
         self._executor.shutdown(wait=True)
+
+
+_DOC_COLUMNS = "kind, key, version, body, seq, created"
+
+
+def _document(row: tuple[Any, ...]) -> DocumentVersion:
+    return DocumentVersion(row[0], row[1], int(row[2]), bytes(row[3]), int(row[4]), float(row[5]))

@@ -1,0 +1,162 @@
+"""The federation on the gateway: registry HTTP API, the directory's lifetime, rate limits.
+
+Routes (docs/federation.md):
+- `POST /v1/federatie/verzoeken`: a signed registry request (compact JWS body,
+  `Content-Type: application/jwt` or `application/jose`); answers the stored entry's status;
+- `GET /v1/federatie/organisaties`: every registered organisation, latest version, with status;
+- `GET /v1/federatie/organisaties/{oin}`: one entry with its version history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import orjson
+from aiohttp import web
+
+from gateway.app import AUDIT, ISSUER, SETTINGS, TRANSACTIE_ID, problem
+from gateway.federation import registry as reg
+from gateway.federation.policy import PolicyEngine, retention_days
+from gateway.federation.registry import Registratie, RegistrationRefused
+from gateway.federation.runtime import Federation
+from gateway.store import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+FEDERATION = web.AppKey("federation", Federation)
+_POLICY = web.AppKey("federation_policy", PolicyEngine)
+PATH_REQUESTS = "/v1/federatie/verzoeken"
+PATH_LIST = "/v1/federatie/organisaties"
+PATH_ONE = "/v1/federatie/organisaties/{oin}"
+_TOKEN_TYPES = ("application/jwt", "application/jose")
+
+
+def setup(app: web.Application) -> None:
+    """Load the policies now (a broken policy file stops the start), run the directory later."""
+    settings = app[SETTINGS]
+    app[_POLICY] = PolicyEngine.load(settings.policies_dir)
+    app.cleanup_ctx.append(_federation)
+    app.router.add_post(PATH_REQUESTS, _request)
+    app.router.add_get(PATH_LIST, _list)
+    app.router.add_get(PATH_ONE, _one)
+
+
+async def _federation(app: web.Application) -> AsyncIterator[None]:
+    from gateway.authz.server import REGISTRY
+
+    settings = app[SETTINGS]
+    fanout = app[ISSUER].fanout
+    federation = Federation(
+        settings,
+        app[AUDIT].store,
+        app[AUDIT],
+        fanout,
+        list(fanout.connectors),
+        app[REGISTRY],
+        app[_POLICY],
+        retention_days(settings.policies_dir),
+    )
+    await federation.refresh()
+    app[FEDERATION] = federation
+    poller = asyncio.create_task(federation.poll())
+    try:
+        yield
+    finally:
+        poller.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await poller
+        await federation.aclose()
+
+
+def _view(r: Registratie) -> dict[str, object]:
+    return {"versie": r.version, "status": r.status, "inschrijving": r.inschrijving.to_json()}
+
+
+async def _request(request: web.Request) -> web.Response:
+    if request.content_type not in _TOKEN_TYPES:
+        return problem(
+            415,
+            "Verkeerd formaat",
+            "Send the signed request as a compact JWS, Content-Type application/jwt.",
+        )
+    if request.content_length is not None and request.content_length > reg.MAX_REQUEST_BYTES:
+        return problem(413, "Verzoek te groot", f"At most {reg.MAX_REQUEST_BYTES} bytes.")
+    raw = await request.content.read(reg.MAX_REQUEST_BYTES + 1)
+    if len(raw) > reg.MAX_REQUEST_BYTES:
+        return problem(413, "Verzoek te groot", f"At most {reg.MAX_REQUEST_BYTES} bytes.")
+    try:
+        token = raw.decode("ascii").strip()
+        result = await request.app[FEDERATION].apply(token, request[TRANSACTIE_ID])
+    except UnicodeDecodeError:
+        return problem(400, "Ongeldig verzoek", "The body must be a compact JWS (ASCII).")
+    except RegistrationRefused as exc:
+        log.info("registry request refused: %s", exc)
+        return problem(exc.status, "Registratie geweigerd", str(exc))
+    except StoreUnavailable:
+        return problem(503, "Tijdelijk niet beschikbaar", "The registry could not be written.")
+    return web.json_response(_view(result), status=200)
+
+
+async def _list(request: web.Request) -> web.Response:
+    federation = request.app[FEDERATION]
+    entries: list[dict[str, object]] = []
+    for d in await federation.store.list_latest(reg.KIND):
+        try:
+            entries.append(
+                _view(Registratie.from_bytes(d.body, d.version, d.seq, federation.rules))
+            )
+        except (ValueError, KeyError):  # stored under older rules (e.g. a retired category)
+            entries.append({"versie": d.version, "status": "onleesbaar", "oin": d.key})
+    return web.json_response({"organisaties": entries, "actief": sorted(federation.members)})
+
+
+async def _one(request: web.Request) -> web.Response:
+    federation = request.app[FEDERATION]
+    oin = request.match_info["oin"]
+    if not reg.OIN_PATTERN.fullmatch(oin):
+        return problem(400, "Ongeldig OIN", "An OIN has 20 digits.")
+    history = await federation.store.history(reg.KIND, oin)
+    if not history:
+        return problem(404, "Onbekend", f"OIN {oin} is not registered.")
+    versions = [
+        {
+            **_view(Registratie.from_bytes(d.body, d.version, d.seq, federation.rules)),
+            "vastgelegd_op": d.created,
+        }
+        for d in history
+    ]
+    return web.Response(
+        body=orjson.dumps({"oin": oin, "versies": versions}), content_type="application/json"
+    )
+
+
+async def rate_limited(request: web.Request, client_id: str, pseudonym: str) -> web.Response | None:
+    """Store-backed limits per portal and per citizen (shared by replicas); None if within."""
+    settings = request.app[SETTINGS].federation
+    store = request.app[AUDIT].store
+    window = 60.0
+    checks = (
+        ("portaal", client_id, settings.rate_portal_per_minute),
+        ("burger", pseudonym, settings.rate_citizen_per_minute),
+    )
+    for kind, key, limit in checks:
+        # The window starts at the first request and resets `window` seconds later.
+        count = await store.increment(f"rate-{kind}", key, window)
+        if count > limit:
+            retry = str(int(window))
+            response = problem(
+                429,
+                "Te veel verzoeken",
+                (
+                    "U heeft in korte tijd te vaak gegevens opgevraagd. Probeer het over een "
+                    "minuut opnieuw. (Too many requests: try again in a minute.)"
+                    if kind == "burger"
+                    else f"Portal {client_id} exceeded {limit} bundle requests per minute."
+                ),
+            )
+            response.headers["Retry-After"] = retry
+            return response
+    return None

@@ -1,0 +1,60 @@
+"""Making and sending registry requests: for `blauweknop org`, organisations' tools and tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import orjson
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from gateway.federation.registry import ADMIN_ISSUER, Actie, key_id, public_jwk, sign_request
+
+PATH_REQUESTS = "/v1/federatie/verzoeken"
+
+
+def jwks_for(*keys: ec.EllipticCurvePrivateKey) -> dict[str, Any]:
+    return {"keys": [public_jwk(k.public_key(), key_id(k.public_key())) for k in keys]}
+
+
+def organisation_request(
+    key: ec.EllipticCurvePrivateKey,
+    actie: Actie,
+    entry: dict[str, Any],
+    *,
+    versie: int | None = None,
+) -> str:
+    """A request signed by the organisation itself (`aanmelden` or `wijzigen`)."""
+    return sign_request(
+        key=key,
+        kid=key_id(key.public_key()),
+        actie=actie,
+        oin=entry["oin"],
+        iss=entry["oin"],
+        inschrijving=entry,
+        versie=versie,
+    )
+
+
+def approval_request(admin_key: ec.EllipticCurvePrivateKey, oin: str, versie: int) -> str:
+    """A federation administrator's approval of the entry's version `versie`."""
+    return sign_request(
+        key=admin_key,
+        kid=key_id(admin_key.public_key()),
+        actie="goedkeuren",
+        oin=oin,
+        iss=ADMIN_ISSUER,
+        versie=versie,
+    )
+
+
+async def send(
+    session: aiohttp.ClientSession, gateway_url: str, token: str
+) -> tuple[int, dict[str, Any]]:
+    async with session.post(
+        gateway_url.rstrip("/") + PATH_REQUESTS,
+        data=token.encode(),
+        headers={"Content-Type": "application/jwt"},
+    ) as response:
+        body = await response.read()
+        return response.status, orjson.loads(body) if body else {}

@@ -1,0 +1,489 @@
+"""The running federation: the organisation directory, registry changes, BRP routing, policy.
+
+`Federation` holds every organisation the gateway may ask: the statically configured ones
+(`[organisations.*]`) and the approved registry entries. It polls the store's registry head
+(`Store.head`, one indexed query) every `poll_seconds`; when it moved, it reloads the entries,
+builds connectors for new or changed ones and swaps them into the fan-out, so every replica
+picks up a change without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from gateway.audit.events import AuditTrail
+from gateway.authz.registry import Registry
+from gateway.config import Settings, connector_factory
+from gateway.connector import Connector, ConnectorSettings, read_limited
+from gateway.errors import BlauweKnopError, ConfigError
+from gateway.fanout import Fanout
+from gateway.federation import registry as reg
+from gateway.federation.policy import Decision, OrganisationFacts, PolicyEngine, Question
+from gateway.federation.registry import Registratie, RegistrationRefused, Rules
+from gateway.federation.safety import GuardedConnector, UnsafeAddress, check_resolves
+from gateway.store import Store, VersionConflict
+
+log = logging.getLogger(__name__)
+
+JTI_NAMESPACE = "federatie-jti"
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One organisation in the directory, with the connector that asks it."""
+
+    facts: OrganisationFacts
+    connector: Connector
+    naam: str
+    registered: Registratie | None = None
+
+
+class Federation:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        audit: AuditTrail,
+        fanout: Fanout,
+        static: Sequence[Connector],
+        registry: Registry,
+        policy: PolicyEngine,
+        retention: Mapping[str, int],
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.audit = audit
+        self.fanout = fanout
+        self.registry = registry
+        self.policy = policy
+        self._policy_fingerprint = PolicyEngine.fingerprint(settings.policies_dir)
+        self.retention = dict(retention)
+        self.sandbox = settings.mode == "sandbox"
+        self.rules = Rules(
+            categories=frozenset(registry.categories),
+            connectors=frozenset(settings.federation.connectors),
+            sandbox=self.sandbox,
+        )
+        self.anchor_dir = settings.state_dir / "federation" / "anchors"
+        self._static = {
+            c.organisatie.code: Member(
+                OrganisationFacts(
+                    c.organisatie.code,
+                    frozenset(
+                        s
+                        for s, cat in registry.categories.items()
+                        if c.organisatie.code in cat.organisations
+                    ),
+                ),
+                c,
+                c.organisatie.naam,
+            )
+            for c in static
+        }
+        self._members: dict[str, Member] = dict(self._static)
+        self._built: dict[tuple[str, int], Connector] = {}
+        self.entries: dict[str, Registratie] = {}
+        self.head = -1
+        self._entities: list[dict[str, Any]] = []
+        self._entities_key: object = None
+        self._lock = asyncio.Lock()
+        self._closing: set[asyncio.Task[None]] = set()
+        self.admin_keys = self._admin_keys()
+        self._rebuild_entities()
+
+    # --- directory ---------------------------------------------------------------------------
+
+    @property
+    def members(self) -> Mapping[str, Member]:
+        return self._members
+
+    async def refresh(self) -> bool:
+        """Reload the registry if it changed since the last look; True if it did."""
+        head = await self.store.head(reg.KIND)
+        if head == self.head:
+            return False
+        async with self._lock:
+            head = await self.store.head(reg.KIND)
+            if head == self.head:
+                return False
+            entries: dict[str, Registratie] = {}
+            for doc in await self.store.list_latest(reg.KIND):
+                try:
+                    entries[doc.key] = Registratie.from_bytes(
+                        doc.body, doc.version, doc.seq, self.rules
+                    )
+                except (ValueError, KeyError, orjson.JSONDecodeError) as exc:
+                    log.error("registry entry %s unreadable, skipped: %s", doc.key, exc)
+            members = dict(self._static)
+            built: dict[tuple[str, int], Connector] = {}
+            for r in entries.values():
+                entry = r.inschrijving
+                if not r.actief or entry.code in self._static:
+                    continue
+                ident = (entry.oin, r.version)
+                try:
+                    connector = self._built.get(ident) or self._connector(entry)
+                except (ValueError, OSError, BlauweKnopError) as exc:
+                    log.error("cannot build a connector for %s: %s", entry.code, exc)
+                    continue
+                built[ident] = connector
+                members[entry.code] = Member(
+                    OrganisationFacts(entry.code, frozenset(entry.categorieen)),
+                    connector,
+                    entry.naam,
+                    r,
+                )
+            stale = [c for k, c in self._built.items() if k not in built]
+            self._built = built
+            self.entries = entries
+            self._members = members
+            self.fanout.replace_connectors([m.connector for m in members.values()])
+            self._rebuild_entities()
+            self.head = head
+        for connector in stale:
+            # Requests in flight may still use it; give them the fan-out deadline.
+            self._closing.add(asyncio.create_task(self._close_later(connector)))
+        log.info("registry loaded", extra={"head": head, "organisations": len(members)})
+        return True
+
+    async def _close_later(self, connector: Connector) -> None:
+        await asyncio.sleep(self.fanout.deadline + 1)
+        close = getattr(connector, "aclose", None)
+        if close is not None:
+            await close()
+
+    def reload_policies(self) -> bool:
+        """Load `policies/*.cedar` again if the files changed; a broken edit keeps the old set."""
+        directory = self.settings.policies_dir
+        fingerprint = PolicyEngine.fingerprint(directory)
+        if fingerprint == self._policy_fingerprint:
+            return False
+        self._policy_fingerprint = fingerprint
+        try:
+            engine = PolicyEngine.load(directory)
+        except (ConfigError, OSError) as exc:
+            log.error("policies changed but do not load; keeping the previous ones: %s", exc)
+            return False
+        self.policy = engine
+        self._rebuild_entities()
+        log.info("policies reloaded", extra={"policies": list(engine.policy_ids)})
+        return True
+
+    async def poll(self) -> None:
+        """Runs for the gateway's lifetime: picks up registry and policy changes, no restart."""
+        while True:
+            try:
+                self.reload_policies()
+                await self.refresh()
+            except Exception:  # the store may be briefly unavailable; keep the last good view
+                log.exception("registry refresh failed; keeping the current directory")
+            await asyncio.sleep(self.settings.federation.poll_seconds)
+
+    async def aclose(self) -> None:
+        for task in self._closing:
+            task.cancel()
+        for connector in self._built.values():
+            close = getattr(connector, "aclose", None)
+            if close is not None:
+                await close()
+
+    def _connector(self, entry: reg.Inschrijving) -> Connector:
+        options: dict[str, str] = {
+            "categorieen": " ".join(entry.categorieen),
+            "contactopties": orjson.dumps(
+                [
+                    {
+                        "contactvorm": c.contactvorm,
+                        "waarde": c.waarde,
+                        "omschrijving": c.omschrijving,
+                    }
+                    for c in entry.contactopties
+                ]
+            ).decode(),
+        }
+        if self.sandbox:
+            options["allow_private"] = "true"
+        if entry.gemeentecode:
+            options["gemeentecode"] = entry.gemeentecode
+            for c in entry.contactopties:
+                options.setdefault(f"contact_{c.contactvorm}", c.waarde)
+        if entry.connector == "generic":
+            anchor = self._anchor(orjson.dumps(dict(entry.jwks)), "jwks.json")
+        else:
+            assert entry.x509 is not None
+            anchor = self._anchor(entry.x509.encode(), "pem")
+        settings = ConnectorSettings(
+            organisatie=entry.organisatie,
+            base_url=entry.url,
+            trust_cert=anchor,
+            options=options,
+        )
+        inner = connector_factory(entry.connector)(settings)
+        return GuardedConnector(inner, allow_private=self.sandbox)
+
+    def _anchor(self, content: bytes, suffix: str) -> Path:
+        """Trust anchors as content-addressed files: connectors load them like configured ones."""
+        self.anchor_dir.mkdir(parents=True, exist_ok=True)
+        path = self.anchor_dir / f"{hashlib.sha256(content).hexdigest()}.{suffix}"
+        if not path.exists():
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(content)
+            tmp.replace(path)
+        return path
+
+    # --- registry changes --------------------------------------------------------------------
+
+    def _admin_keys(self) -> dict[str, ec.EllipticCurvePublicKey]:
+        path = self.settings.federation.admin_jwks
+        if path is None and self.sandbox:
+            from gateway.federation.keys import development_admin_key
+
+            key, kid = development_admin_key(self.settings.state_dir)
+            return {kid: key.public_key()}
+        if path is None:
+            return {}
+        try:
+            return reg.public_keys(orjson.loads(path.read_bytes()))
+        except (OSError, ValueError) as exc:
+            raise BlauweKnopError(f"[federation] admin_jwks {path}: {exc}") from exc
+
+    async def apply(self, token: str, transactie_id: str) -> Registratie:
+        """Verify and apply one signed registry request; audited. RegistrationRefused if not."""
+        if len(token) > reg.MAX_REQUEST_BYTES:
+            raise RegistrationRefused(f"the request exceeds {reg.MAX_REQUEST_BYTES} bytes", 413)
+        _, claims = reg.unverified_claims(token)
+        actie, oin = claims.get("actie"), claims.get("oin")
+        if not isinstance(oin, str) or not reg.OIN_PATTERN.fullmatch(oin):
+            raise RegistrationRefused("oin must be the 20-digit OIN the request is about")
+        doc = await self.store.get_latest(reg.KIND, oin)
+        current = (
+            Registratie.from_bytes(doc.body, doc.version, doc.seq, self.rules) if doc else None
+        )
+        entry: reg.Inschrijving | None = None
+        if actie == "aanmelden":
+            entry = self._entry(claims.get("inschrijving"))
+            keys = entry.public_keys()
+        elif actie == "wijzigen":
+            if current is None:
+                raise RegistrationRefused(f"OIN {oin} is not registered; register it first", 404)
+            keys = current.inschrijving.public_keys()
+        elif actie == "goedkeuren":
+            if not self.admin_keys:
+                raise RegistrationRefused(
+                    "no federation administrator keys are configured ([federation] admin_jwks)",
+                    403,
+                )
+            keys = self.admin_keys
+        else:
+            raise RegistrationRefused("actie must be 'aanmelden', 'wijzigen' or 'goedkeuren'")
+        verzoek = reg.verify_request(token, keys)
+        expected_iss = reg.ADMIN_ISSUER if actie == "goedkeuren" else oin
+        if verzoek.iss != expected_iss:
+            raise RegistrationRefused(f"iss must be {expected_iss!r} for {actie}", 403)
+        ttl = max(1.0, verzoek.exp - time.time() + reg.CLOCK_SKEW_SECONDS)
+        if not await self.store.put_new(JTI_NAMESPACE, verzoek.jti, b"1", ttl):
+            raise RegistrationRefused("this request was sent before (jti replayed)", 409)
+        if verzoek.actie == "goedkeuren":
+            if current is None:
+                raise RegistrationRefused(f"OIN {oin} is not registered", 404)
+            if current.actief:
+                raise RegistrationRefused(f"OIN {oin} is already approved", 409)
+            if verzoek.versie != current.version:
+                raise RegistrationRefused(
+                    f"approve the version you reviewed: the entry is at version "
+                    f"{current.version}, the request names {verzoek.versie}",
+                    409,
+                )
+            new = reg.with_status(current, "goedgekeurd")
+        else:
+            if verzoek.actie == "wijzigen":
+                entry = self._entry(verzoek.inschrijving)
+                assert current is not None
+                if verzoek.versie is not None and verzoek.versie != current.version:
+                    raise RegistrationRefused(
+                        f"the entry is at version {current.version}, not {verzoek.versie}: "
+                        "read it again and resend",
+                        409,
+                    )
+            elif current is not None:
+                raise RegistrationRefused(f"OIN {oin} is already registered; send wijzigen", 409)
+            assert entry is not None
+            if entry.oin != oin:
+                raise RegistrationRefused("the entry's oin differs from the request's oin")
+            await self._check_code(entry)
+            if not self.sandbox:
+                try:
+                    await check_resolves(entry.url)
+                except UnsafeAddress as exc:
+                    raise RegistrationRefused(f"url: {exc}") from exc
+            status: reg.Status = current.status if current is not None else "aangemeld"
+            if current is not None and reg.identity_changed(current.inschrijving, entry):
+                # Who the organisation is (code, kind, protocol, name) decides what policies
+                # allow it: changing that needs an administrator's approval again.
+                status = "aangemeld"
+            new = Registratie(entry, status)
+        try:
+            stored = await self.store.put_version(
+                reg.KIND, oin, new.to_bytes(), expected_version=current.version if current else 0
+            )
+        except VersionConflict as exc:
+            raise RegistrationRefused(str(exc), 409) from exc
+        result = Registratie(new.inschrijving, new.status, stored.version, stored.seq)
+        await self.audit.record(
+            "registratie.gewijzigd",
+            transactie_id,
+            {
+                "oin": oin,
+                "code": result.inschrijving.code,
+                "actie": verzoek.actie,
+                "versie": result.version,
+                "status": result.status,
+                "door": verzoek.iss,
+                "sleutel_id": verzoek.kid,
+                "inschrijving_sha256": hashlib.sha256(new.to_bytes()).hexdigest(),
+            },
+        )
+        log.info("registry changed", extra={"oin": oin, "actie": verzoek.actie})
+        return result
+
+    def _entry(self, data: Any) -> reg.Inschrijving:
+        try:
+            return reg.parse_entry(data, self.rules)
+        except ValueError as exc:
+            raise RegistrationRefused(f"inschrijving: {exc}") from exc
+
+    async def _check_code(self, entry: reg.Inschrijving) -> None:
+        if entry.code in self._static:
+            raise RegistrationRefused(f"code {entry.code!r} is configured statically here", 409)
+        for doc in await self.store.list_latest(reg.KIND):
+            if (
+                doc.key != entry.oin
+                and orjson.loads(doc.body)["inschrijving"]["code"] == entry.code
+            ):
+                raise RegistrationRefused(f"code {entry.code!r} belongs to another OIN", 409)
+
+    # --- routing and policy ------------------------------------------------------------------
+
+    async def gemeentecode(self, bsn: str, session: aiohttp.ClientSession) -> str:
+        """The citizen's municipality: from the BRP if configured; else, when exactly one
+        municipality takes part, that one; "" when unknown (then no municipality is asked)."""
+        url = self.settings.federation.brp_url
+        if url is None:
+            codes = [m.facts.gemeentecode for m in self._members.values() if m.facts.gemeentecode]
+            return codes[0] if len(codes) == 1 else ""
+        body = {
+            "type": "RaadpleegMetBurgerservicenummer",
+            "burgerservicenummer": [bsn],
+            "fields": ["verblijfplaats", "gemeenteVanInschrijving"],
+        }
+        timeout = aiohttp.ClientTimeout(total=self.settings.federation.brp_timeout)
+        try:
+            async with session.post(
+                url + "/haalcentraal/api/brp/personen",
+                json=body,
+                timeout=timeout,
+                allow_redirects=False,
+            ) as response:
+                raw = await read_limited(response, 256 * 1024)
+                if response.status != 200:
+                    log.warning("BRP answered HTTP %s", response.status)
+                    return ""
+            personen = orjson.loads(raw).get("personen", [])
+            code = personen[0]["gemeenteVanInschrijving"]["code"] if personen else ""
+        except (
+            aiohttp.ClientError,
+            TimeoutError,
+            BlauweKnopError,
+            ValueError,
+            KeyError,
+            TypeError,
+            IndexError,
+            AttributeError,
+        ) as exc:
+            log.warning("BRP lookup failed, no municipality is asked: %s", type(exc).__name__)
+            return ""
+        return code if isinstance(code, str) and len(code) == 4 and code.isdigit() else ""
+
+    def admission(
+        self, bsn: str, session: aiohttp.ClientSession
+    ) -> Callable[[str], Awaitable[bool]]:
+        """A fan-out `admit` predicate: organisations other than municipalities at once; a
+        municipality once the BRP (looked up once, concurrently) says it is the citizen's."""
+        lookup: asyncio.Task[str] | None = None
+
+        async def admit(code: str) -> bool:
+            nonlocal lookup
+            member = self._members.get(code)
+            if member is None or not member.facts.gemeentecode:
+                return True
+            if lookup is None:
+                lookup = asyncio.ensure_future(self.gemeentecode(bsn, session))
+            return member.facts.gemeentecode == await asyncio.shield(lookup)
+
+        return admit
+
+    def consented_gemeentecode(self, organisations: Sequence[str]) -> str:
+        """The municipality a consent names (consent offers only the citizen's own), or ""."""
+        codes = {
+            m.facts.gemeentecode
+            for code, m in self._members.items()
+            if code in organisations and m.facts.gemeentecode
+        }
+        return codes.pop() if len(codes) == 1 else ""
+
+    def among(self, gemeentecode: str) -> list[str]:
+        """Every organisation except municipalities other than the citizen's own."""
+        return [
+            code
+            for code, m in self._members.items()
+            if not m.facts.gemeentecode or m.facts.gemeentecode == gemeentecode
+        ]
+
+    def decide(self, question: Question, codes: Sequence[str] | None = None) -> list[Decision]:
+        facts = [m.facts for code, m in self._members.items() if codes is None or code in codes]
+        return self.policy.decide(question, facts, self._entities, self._entities_key)
+
+    def _rebuild_entities(self) -> None:
+        self._entities = self.policy.entities(
+            self.registry, [m.facts for m in self._members.values()], self.retention
+        )
+        self._entities_key = object()
+
+    async def audit_decisions(
+        self, transactie_id: str, question: Question, decisions: Sequence[Decision], bsn: str
+    ) -> None:
+        await self.audit.record(
+            "beleid.besluit",
+            transactie_id,
+            {
+                "burger": self.audit.key.pseudonym(bsn),
+                "client_id": question.client_id,
+                "purpose_id": question.purpose_id,
+                "scopes": list(question.scopes),
+                "bewaartermijn_dagen": self.retention.get(question.purpose_id, 0),
+                "besluiten": [
+                    {
+                        "organisatie": d.code,
+                        "besluit": "toegestaan" if d.allowed else "geweigerd",
+                        "beleid": list(d.policies),
+                    }
+                    for d in decisions
+                ],
+            },
+        )
+
+
+def suppress_cancel() -> contextlib.AbstractContextManager[None]:
+    return contextlib.suppress(asyncio.CancelledError)

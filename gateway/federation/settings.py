@@ -1,0 +1,64 @@
+"""`[federation]`: the organisation registry, the BRP, policy and rate-limit settings."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class FederationSettings:
+    """See docs/federation.md.
+
+    `poll_seconds`: how often a running gateway checks the store for registry changes (one
+    indexed `max(seq)` query). `admin_jwks`: the federation administrators' public keys (JWKS
+    file) that approve new organisations; sandbox mode makes a development key pair under
+    `state_dir/federation/`. `brp_url`: the population register (Haal Centraal "BRP Personen
+    bevragen") that says which municipality a citizen lives in. `connectors`: connector types an
+    organisation may choose when registering (built-in ones with file options are excluded on
+    purpose). Rate limits count per minute, shared by replicas through the store.
+    """
+
+    poll_seconds: float = 2.0
+    admin_jwks: Path | None = None
+    brp_url: str | None = None
+    brp_timeout: float = 2.0
+    connectors: tuple[str, ...] = ("generic", "gemeente")
+    rate_portal_per_minute: int = 600
+    rate_citizen_per_minute: int = 60
+
+
+def parse_federation(table: Mapping[str, Any], mode: str) -> FederationSettings:
+    defaults = FederationSettings()
+    try:
+        poll = float(table.get("poll_seconds", defaults.poll_seconds))
+        portal_rate = int(table.get("rate_portal_per_minute", defaults.rate_portal_per_minute))
+        citizen_rate = int(table.get("rate_citizen_per_minute", defaults.rate_citizen_per_minute))
+        brp_timeout = float(table.get("brp_timeout", defaults.brp_timeout))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"[federation] has a setting that is not a number: {exc}") from exc
+    if not 0.05 <= poll <= 3600:
+        raise ConfigError("[federation] poll_seconds must be between 0.05 and 3600")
+    if portal_rate < 1 or citizen_rate < 1:
+        raise ConfigError("[federation] rate limits must be at least 1 per minute")
+    connectors = table.get("connectors", defaults.connectors)
+    if not isinstance(connectors, list | tuple) or not all(isinstance(c, str) for c in connectors):
+        raise ConfigError("[federation] connectors must be a list of connector names")
+    # Without admin_jwks in production, nobody can approve: registrations wait (docs say so).
+    admin = table.get("admin_jwks")
+    brp_url = table.get("brp_url")
+    if brp_url is not None and mode == "production" and not str(brp_url).startswith("https://"):
+        raise ConfigError("[federation] brp_url must use https in production mode")
+    return FederationSettings(
+        poll_seconds=poll,
+        admin_jwks=Path(str(admin)) if admin is not None else None,
+        brp_url=str(brp_url).rstrip("/") if brp_url else None,
+        brp_timeout=brp_timeout,
+        connectors=tuple(connectors),
+        rate_portal_per_minute=portal_rate,
+        rate_citizen_per_minute=citizen_rate,
+    )
