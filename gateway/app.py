@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import uuid
@@ -21,6 +22,8 @@ from gateway.audit import AuditTrail, PseudonymKey
 from gateway.bsn import is_bsn
 from gateway.bundle import BundleIssuer
 from gateway.config import Settings, connector_factory, load_keys
+from gateway.documents import web as documents_web
+from gateway.documents.service import MEDIA_TYPES, DocumentService, WorkerSpec, negotiate
 from gateway.fanout import Fanout
 from gateway.metrics import Metrics
 from gateway.schema import SCHEMA_FILE, schema_bytes
@@ -71,6 +74,8 @@ def create_app(settings: Settings, keys: KeyRing | None = None) -> web.Applicati
     app[ISSUER] = BundleIssuer(fanout, keys, settings.uitgever, metrics)
     app.cleanup_ctx.append(_client_session)
     app.cleanup_ctx.append(_audit_trail)
+    app.cleanup_ctx.append(_documents)
+    documents_web.add_routes(app, settings.documents.max_verify_bytes)
     app.router.add_get("/.well-known/jwks.json", _jwks)
     app.router.add_get(f"/schema/{SCHEMA_FILE}", _schema)
     app.router.add_get("/healthz", _healthz)
@@ -103,6 +108,27 @@ async def _audit_trail(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await store.close()
+
+
+async def _documents(app: web.Application) -> AsyncIterator[None]:
+    """The document process pool; in sandbox mode also the development TSA, on its own socket."""
+    settings = app[SETTINGS]
+    tsa_runner = None
+    tsa_url = settings.documents.tsa_url
+    if tsa_url is None:
+        from gateway.tsa.server import start_dev_tsa
+
+        tsa_runner, tsa_url = await start_dev_tsa(settings.dev_pki, host=settings.host)
+    public = settings.documents.public_url or f"http://{settings.host}:{settings.port}"
+    service = DocumentService(WorkerSpec(settings, tsa_url, f"{public.rstrip('/')}/verifieer"))
+    app[documents_web.DOCUMENTS] = service
+    try:
+        await service.start()
+        yield
+    finally:
+        await asyncio.get_running_loop().run_in_executor(None, service.close)
+        if tsa_runner is not None:
+            await tsa_runner.cleanup()
 
 
 async def release(
@@ -213,18 +239,22 @@ async def _sandbox_bundel(request: web.Request) -> web.Response:
         isinstance(organisaties, list) and all(isinstance(o, str) for o in organisaties)
     ):
         return problem(400, "Ongeldig verzoek", "organisaties must be a list of codes.")
-    wants_jws = fields.get("formaat") == "jws" or JOSE in request.headers.get("Accept", "")
+    formaat = fields.get("formaat")
+    try:
+        media_type = negotiate(
+            request.headers.get("Accept", ""), formaat if isinstance(formaat, str) else None
+        )
+    except ValueError as exc:
+        return problem(400, "Ongeldig formaat", str(exc))
     signed = await request.app[ISSUER].issue(
         bsn=bsn,
         transactie_id=request[TRANSACTIE_ID],
         session=request.app[SESSION],
         selected=organisaties,
     )
-    if wants_jws:
-        body, content_type, extension = signed.compact_jws.encode(), JOSE, "jws"
-    else:
-        body, content_type, extension = signed.download_json(), JSON, "json"
-    response = await release(request, signed, body, content_type, extension)
+    extension = MEDIA_TYPES[media_type]
+    body = await request.app[documents_web.DOCUMENTS].render(signed, media_type)
+    response = await release(request, signed, body, media_type, extension)
     if "formaat" in fields and response.status == 200:
         response.headers["Content-Disposition"] = (
             f'attachment; filename="blauwe-knop-{signed.document["bundel_id"]}.{extension}"'
@@ -238,7 +268,9 @@ async def _sandbox_home(request: web.Request) -> web.Response:
         f'<form method="post" action="/v1/sandbox/bundel">'
         f'<input type="hidden" name="bsn" value="{c.bsn}">'
         f'<button name="formaat" value="json">JSON</button> '
-        f'<button name="formaat" value="jws">JWS</button></form></td></tr>'
+        f'<button name="formaat" value="jws">JWS</button> '
+        f'<button name="formaat" value="xml">XML</button> '
+        f'<button name="formaat" value="pdf">PDF</button></form></td></tr>'
         for c in CITIZENS
     )
     html = f"""<!doctype html>
@@ -251,5 +283,6 @@ async def _sandbox_home(request: web.Request) -> web.Response:
 {rows}
 </tbody></table>
 <p><a href="/.well-known/jwks.json">JWKS</a> · <a href="/schema/{SCHEMA_FILE}">Schema v1</a> ·
+<a href="/schema/bundel-v1.xsd">XSD</a> · <a href="/verifieer">Document controleren</a> ·
 <a href="/metrics">Metrics</a></p></main></body></html>"""
     return web.Response(text=html, content_type="text/html")
