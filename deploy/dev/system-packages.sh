@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Debian packages the test suite uses: independent verifiers (xmlsec1, openssl, pdfsig and
-# pdftoppm/pdftotext from poppler-utils), SoftHSM2 for the PKCS#11 path, and the DejaVu fonts
+# pdftoppm/pdftotext from poppler-utils; certutil from libnss3-tools gives pdfsig our dev root),
+# SoftHSM2 for the PKCS#11 path, and the DejaVu fonts
 # embedded in the PDF. Installs only what is missing.
 set -euo pipefail
-packages=(xmlsec1 openssl poppler-utils softhsm2 fonts-dejavu-core)
+packages=(xmlsec1 openssl poppler-utils libnss3-tools softhsm2 fonts-dejavu-core)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
