@@ -122,8 +122,10 @@ async def _documents(app: web.Application) -> AsyncIterator[None]:
     public = settings.documents.public_url or f"http://{settings.host}:{settings.port}"
     service = DocumentService(WorkerSpec(settings, tsa_url, f"{public.rstrip('/')}/verifieer"))
     app[documents_web.DOCUMENTS] = service
+    warm = settings.documents.warm_up
     try:
-        await service.start()
+        if warm or (warm is None and settings.mode == "production"):
+            await service.start()
         yield
     finally:
         await asyncio.get_running_loop().run_in_executor(None, service.close)

@@ -68,6 +68,7 @@ class DocumentSettings:
     workers: int = 2
     public_url: str | None = None
     max_verify_bytes: int = 20 * 1024 * 1024
+    warm_up: bool | None = None  # start the workers at start-up; default: in production only
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +198,11 @@ def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
             workers=_int(documents, "workers", 2),
             public_url=str(documents["public_url"]) if documents.get("public_url") else None,
             max_verify_bytes=_int(documents, "max_verify_bytes", 20 * 1024 * 1024),
+            warm_up=(
+                str(documents["warm_up"]).lower() in ("1", "true", "yes")
+                if "warm_up" in documents
+                else None
+            ),
         ),
     )
     if mode == "production":

@@ -106,7 +106,11 @@ def load_pkcs11_key(config: Pkcs11Config, public_key: ec.EllipticCurvePublicKey)
     try:
         lib = pkcs11.lib(str(config.module))
         token = lib.get_token(token_label=config.token_label)
-        session = token.open(user_pin=pin)
+        try:
+            session = token.open(user_pin=pin)
+        except pkcs11.UserAlreadyLoggedIn:
+            # PKCS#11 login is per process: another session of ours has logged in already.
+            session = token.open()
         key = session.get_key(
             object_class=ObjectClass.PRIVATE_KEY, key_type=KeyType.EC, label=config.key_label
         )
