@@ -41,9 +41,12 @@ from pyhanko.pdf_utils.metadata.model import (
     XmpStructure,
     XmpValue,
 )
+from pyhanko.pdf_utils.reader import PdfFileReader
 from pyhanko.sign import fields, signers
 from pyhanko.sign.signers.pdf_cms import Signer
 from pyhanko.sign.timestamps.requests_client import HTTPTimeStamper
+from pyhanko.sign.validation.dss import DocumentSecurityStore
+from pyhanko.sign.validation.generic_cms import extract_tst_data_iter
 from pyhanko_certvalidator import ValidationContext
 from pyhanko_certvalidator.registry import SimpleCertificateStore
 
@@ -210,19 +213,14 @@ def certify_pdf(
     meta_data.creator = "Blauwe Knop gateway"
     meta_data.created = issued
     meta_data.xmp_extra = [_xmp_pdfa()]
-    validation = ValidationContext(
-        trust_roots=[_asn1_cert(c) for c in sealing.trust_roots],
-        crls=[asn1_crl.CertificateList.load(c) for c in sealing.crls],
-        ocsps=[asn1_ocsp.OCSPResponse.load(o) for o in sealing.ocsps],
-        allow_fetching=sealing.fetch_revocation,
-        revocation_mode="require",
-    )
     meta = signers.PdfSignatureMetadata(
         field_name=SIGNATURE_FIELD,
         subfilter=fields.SigSeedSubFilter.PADES,
-        embed_validation_info=True,
+        # With fetching (production) pyHanko validates and collects the material itself;
+        # otherwise the configured CRLs/OCSP responses are embedded directly, below.
+        embed_validation_info=sealing.fetch_revocation,
         use_pades_lta=False,
-        validation_context=validation,
+        validation_context=_validation_context(sealing) if sealing.fetch_revocation else None,
         reason="Gewaarmerkt overzicht (Blauwe Knop)",
         location="Nederland",
     )
@@ -230,9 +228,50 @@ def certify_pdf(
         writer,
         meta,
         signer=_SealSigner(sealing.key, sealing.chain),
-        timestamper=HTTPTimeStamper(sealing.tsa_url, timeout=sealing.tsa_timeout),
+        timestamper=_timestamper(sealing.tsa_url, sealing.tsa_timeout),
     )
+    if not sealing.fetch_revocation:
+        _add_dss(out, sealing)
     return bytes(out.getvalue())
+
+
+def _validation_context(sealing: PdfSealing) -> ValidationContext:
+    return ValidationContext(
+        trust_roots=[_asn1_cert(c) for c in sealing.trust_roots],
+        crls=[asn1_crl.CertificateList.load(c) for c in sealing.crls],
+        ocsps=[asn1_ocsp.OCSPResponse.load(o) for o in sealing.ocsps],
+        allow_fetching=sealing.fetch_revocation,
+        revocation_mode="require",
+    )
+
+
+@cache
+def _timestamper(url: str, timeout: float) -> HTTPTimeStamper:
+    """One per worker and URL, so its HTTP connection to the TSA is kept alive."""
+    return HTTPTimeStamper(url, timeout=timeout)
+
+
+def _add_dss(out: io.BytesIO, sealing: PdfSealing) -> None:
+    """Baseline B-LT: the DSS with every certificate of the seal and the time-stamp (both
+    chains, roots included) and the configured revocation information, as an incremental
+    update after the signature. `gateway.documents.pades` (run once per CRL set by the
+    worker, and by every verifier) proves the material is sufficient."""
+    out.seek(0)
+    writer = IncrementalPdfFileWriter(out)
+    signature = PdfFileReader(out).embedded_regular_signatures[0]
+    certs = {c.dump(): c for c in (_asn1_cert(c) for c in (*sealing.chain, *sealing.trust_roots))}
+    for tst in extract_tst_data_iter(signature.signer_info, signed=False):
+        for choice in tst["certificates"]:
+            cert = choice.chosen
+            certs[cert.dump()] = cert
+    DocumentSecurityStore.supply_dss_in_writer(
+        writer,
+        None,
+        certs=list(certs.values()),
+        crls=[asn1_crl.CertificateList.load(c) for c in sealing.crls],
+        ocsps=[asn1_ocsp.OCSPResponse.load(o) for o in sealing.ocsps],
+    )
+    writer.write_in_place()
 
 
 __all__ = ["MEDIA_TYPE", "PdfSealing", "certify_pdf", "srgb_profile"]

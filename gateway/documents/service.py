@@ -30,6 +30,7 @@ from gateway.connector import Connector
 from gateway.documents import pdf as certified_pdf
 from gateway.documents import xml as bundel_xml
 from gateway.documents.layout import register_fonts
+from gateway.documents.pades import check_pades
 from gateway.documents.verify import DocumentTrust, Verdict, verify_file
 from gateway.errors import ConfigError
 from gateway.sign import KeyRing, SignedBundel
@@ -61,6 +62,7 @@ class _WorkerState:
 
 
 _state: _WorkerState | None = None
+_proven: set[tuple[tuple[bytes, ...], tuple[bytes, ...]]] = set()
 
 
 def trust_roots(settings: Settings) -> tuple[x509.Certificate, ...]:
@@ -147,7 +149,7 @@ def _certify_pdf(document: dict[str, Any], json_download: bytes, canonical_sha25
                 sealing.ocsps,
                 sealing.fetch_revocation,
             )
-    return certified_pdf.certify_pdf(
+    body = certified_pdf.certify_pdf(
         document,
         json_download=json_download,
         xml_download=xml_download,
@@ -155,6 +157,17 @@ def _certify_pdf(document: dict[str, Any], json_download: bytes, canonical_sha25
         verify_url=state.verify_url,
         sealing=sealing,
     )
+    if not sealing.fetch_revocation and (sealing.crls, sealing.ocsps) not in _proven:
+        # The first PDF with a new set of CRLs/OCSP responses is validated offline here, as a
+        # recipient would in years: only then is the set trusted to make documents B-LT.
+        result = check_pades(body, sealing.trust_roots)
+        if result.problems:
+            raise ConfigError(
+                "the configured revocation information does not make the PDF seal valid "
+                "offline (B-LT): " + "; ".join(result.problems)
+            )
+        _proven.add((sealing.crls, sealing.ocsps))
+    return body
 
 
 def _verify(data: bytes, name: str | None) -> Verdict:
