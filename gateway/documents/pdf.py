@@ -54,6 +54,7 @@ from gateway.documents.layout import layout_pdf
 
 MEDIA_TYPE = "application/pdf"
 SIGNATURE_FIELD = "Blauwe-Knop-zegel"
+SIGNATURE_BYTES_RESERVED = 16 * 1024
 PDFA_PART = "3"
 PDFA_CONFORMANCE = "B"
 SRGB = "sRGB IEC61966-2.1"
@@ -229,6 +230,9 @@ def certify_pdf(
         meta,
         signer=_SealSigner(sealing.key, sealing.chain),
         timestamper=_timestamper(sealing.tsa_url, sealing.tsa_timeout),
+        # A fixed reservation spares pyHanko a dry-run signature to estimate the size; the CMS
+        # (two chains, the time-stamp token) is 3-5 KB, far below this.
+        bytes_reserved=SIGNATURE_BYTES_RESERVED,
     )
     if not sealing.fetch_revocation:
         _add_dss(out, sealing)

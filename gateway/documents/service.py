@@ -18,6 +18,7 @@ import concurrent.futures
 import datetime as dt
 import hashlib
 import multiprocessing
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,7 @@ class _WorkerState:
 
 
 _state: _WorkerState | None = None
+WORKER_NICENESS = 10
 _proven: set[tuple[tuple[bytes, ...], tuple[bytes, ...]]] = set()
 
 
@@ -96,6 +98,9 @@ def _crls(settings: Settings) -> tuple[bytes, ...]:
 
 def _init_worker(spec: WorkerSpec) -> None:
     global _state
+    # Documents wait a little rather than slow down everyone else: the event loop process
+    # (JSON, login, fan-out) goes first when the cores are busy.
+    os.nice(WORKER_NICENESS)
     settings = spec.settings
     keys = load_keys(settings)
     assert keys.active.private_key is not None
