@@ -57,7 +57,8 @@ class DocumentSettings:
     started with the gateway). `trust_roots`: root certificates (PEM) that verification and
     the PDF's B-LT material chain to (sandbox: the development root). `crl_files`: revocation
     information to embed as is; `fetch_revocation`: let pyHanko fetch CRLs/OCSP responses the
-    certificates point at (production). `workers`: processes that sign and verify documents.
+    certificates point at (production). `workers`: processes that sign and verify documents,
+    at `niceness` (lower CPU priority than the event loop, so documents wait, not everyone).
     `public_url`: the gateway's address as printed in the PDF (`…/verifieer`).
     """
 
@@ -69,6 +70,7 @@ class DocumentSettings:
     public_url: str | None = None
     max_verify_bytes: int = 20 * 1024 * 1024
     warm_up: bool | None = None  # start the workers at start-up; default: in production only
+    niceness: int = 10  # CPU priority of the workers below the event loop (os.nice)
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +200,7 @@ def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
             workers=_int(documents, "workers", 2),
             public_url=str(documents["public_url"]) if documents.get("public_url") else None,
             max_verify_bytes=_int(documents, "max_verify_bytes", 20 * 1024 * 1024),
+            niceness=_int(documents, "niceness", 10),
             warm_up=(
                 str(documents["warm_up"]).lower() in ("1", "true", "yes")
                 if "warm_up" in documents

@@ -42,7 +42,9 @@ XADES_ID = "http://uri.etsi.org/01903/v1.3.2#:SignedProperties"
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def docs(state_dir: Path, pki: DevPki) -> AsyncIterator[Stack]:
-    made, runners = await start_stack(state_dir, pki)
+    # One document worker: its first PDF gets the TSA certificate in a DSS update after the
+    # signature, later ones in the signed revision; the tests see both.
+    made, runners = await start_stack(state_dir, pki, documents={"workers": 1})
     yield made
     await made.session.close()
     for runner in runners:
@@ -190,7 +192,10 @@ async def test_hostile_xml_is_refused_before_anything_is_expanded(hostile: bytes
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def certified(docs: Stack) -> tuple[bytes, dict[str, Any]]:
+    first, _ = await fetch(docs, EVERYWHERE, "application/pdf")
+    assert (await check(first, trust_of(docs))).ok
     body, headers = await fetch(docs, EVERYWHERE, "application/pdf")
+    assert body.count(b"%%EOF") < first.count(b"%%EOF"), "DSS in the signed revision"
     assert headers["Content-Type"] == "application/pdf"
     OUTPUT.mkdir(parents=True, exist_ok=True)
     (OUTPUT / f"{EVERYWHERE}.pdf").write_bytes(body)

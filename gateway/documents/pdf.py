@@ -41,12 +41,10 @@ from pyhanko.pdf_utils.metadata.model import (
     XmpStructure,
     XmpValue,
 )
-from pyhanko.pdf_utils.reader import PdfFileReader
 from pyhanko.sign import fields, signers
 from pyhanko.sign.signers.pdf_cms import Signer
 from pyhanko.sign.timestamps.requests_client import HTTPTimeStamper
 from pyhanko.sign.validation.dss import DocumentSecurityStore
-from pyhanko.sign.validation.generic_cms import extract_tst_data_iter
 from pyhanko_certvalidator import ValidationContext
 from pyhanko_certvalidator.registry import SimpleCertificateStore
 
@@ -225,18 +223,79 @@ def certify_pdf(
         reason="Gewaarmerkt overzicht (Blauwe Knop)",
         location="Nederland",
     )
+    timestamper = _timestamper(sealing.tsa_url, sealing.tsa_timeout)
+    # Known material goes into the DSS in the signed revision itself (no second update): the
+    # seal chain, the roots, the TSA certificates seen in earlier tokens, the revocation data.
+    pre_signed = not sealing.fetch_revocation and timestamper.known_certs is not None
+    if pre_signed:
+        _supply_dss(writer, sealing, timestamper.known_certs or {})
     out = signers.sign_pdf(
         writer,
         meta,
         signer=_SealSigner(sealing.key, sealing.chain),
-        timestamper=_timestamper(sealing.tsa_url, sealing.tsa_timeout),
+        timestamper=timestamper,
         # A fixed reservation spares pyHanko a dry-run signature to estimate the size; the CMS
         # (two chains, the time-stamp token) is 3-5 KB, far below this.
         bytes_reserved=SIGNATURE_BYTES_RESERVED,
     )
-    if not sealing.fetch_revocation:
-        _add_dss(out, sealing)
+    fresh = timestamper.take_new_certs()
+    if not sealing.fetch_revocation and (fresh or not pre_signed):
+        # A TSA certificate we had not seen (first document, or the TSA rotated its key):
+        # add it in a DSS update after the signature, as PAdES allows.
+        out.seek(0)
+        after = IncrementalPdfFileWriter(out)
+        _supply_dss(after, sealing, timestamper.known_certs or {})
+        after.write_in_place()
     return bytes(out.getvalue())
+
+
+class _TsaClient(HTTPTimeStamper):
+    """pyHanko's RFC 3161 HTTP client that remembers the certificates in the tokens."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        super().__init__(url, timeout=timeout)
+        self.known_certs: dict[bytes, asn1_x509.Certificate] | None = None
+        self._new = False
+
+    async def async_timestamp(self, message_digest: bytes, md_algorithm: str) -> Any:
+        token = await super().async_timestamp(message_digest, md_algorithm)
+        known = self.known_certs if self.known_certs is not None else {}
+        for choice in token["content"]["certificates"]:
+            cert = choice.chosen
+            if cert.dump() not in known:
+                known[cert.dump()] = cert
+                self._new = True
+        self.known_certs = known
+        return token
+
+    def take_new_certs(self) -> bool:
+        new, self._new = self._new, False
+        return new
+
+
+@cache
+def _timestamper(url: str, timeout: float) -> _TsaClient:
+    """One per worker and URL: it keeps the TSA's certificates for the DSS."""
+    return _TsaClient(url, timeout)
+
+
+def _supply_dss(
+    writer: IncrementalPdfFileWriter,
+    sealing: PdfSealing,
+    tsa_certs: dict[bytes, asn1_x509.Certificate],
+) -> None:
+    """Baseline B-LT: a DSS with every certificate of the seal and the time-stamp (both chains,
+    roots included) and the configured revocation information. `gateway.documents.pades` (run
+    once per CRL set by each worker, and by every verifier) proves the material suffices."""
+    certs = {c.dump(): c for c in (_asn1_cert(c) for c in (*sealing.chain, *sealing.trust_roots))}
+    certs.update(tsa_certs)
+    DocumentSecurityStore.supply_dss_in_writer(
+        writer,
+        None,
+        certs=list(certs.values()),
+        crls=[asn1_crl.CertificateList.load(c) for c in sealing.crls],
+        ocsps=[asn1_ocsp.OCSPResponse.load(o) for o in sealing.ocsps],
+    )
 
 
 def _validation_context(sealing: PdfSealing) -> ValidationContext:
@@ -247,35 +306,6 @@ def _validation_context(sealing: PdfSealing) -> ValidationContext:
         allow_fetching=sealing.fetch_revocation,
         revocation_mode="require",
     )
-
-
-@cache
-def _timestamper(url: str, timeout: float) -> HTTPTimeStamper:
-    """One per worker and URL, so its HTTP connection to the TSA is kept alive."""
-    return HTTPTimeStamper(url, timeout=timeout)
-
-
-def _add_dss(out: io.BytesIO, sealing: PdfSealing) -> None:
-    """Baseline B-LT: the DSS with every certificate of the seal and the time-stamp (both
-    chains, roots included) and the configured revocation information, as an incremental
-    update after the signature. `gateway.documents.pades` (run once per CRL set by the
-    worker, and by every verifier) proves the material is sufficient."""
-    out.seek(0)
-    writer = IncrementalPdfFileWriter(out)
-    signature = PdfFileReader(out).embedded_regular_signatures[0]
-    certs = {c.dump(): c for c in (_asn1_cert(c) for c in (*sealing.chain, *sealing.trust_roots))}
-    for tst in extract_tst_data_iter(signature.signer_info, signed=False):
-        for choice in tst["certificates"]:
-            cert = choice.chosen
-            certs[cert.dump()] = cert
-    DocumentSecurityStore.supply_dss_in_writer(
-        writer,
-        None,
-        certs=list(certs.values()),
-        crls=[asn1_crl.CertificateList.load(c) for c in sealing.crls],
-        ocsps=[asn1_ocsp.OCSPResponse.load(o) for o in sealing.ocsps],
-    )
-    writer.write_in_place()
 
 
 __all__ = ["MEDIA_TYPE", "PdfSealing", "certify_pdf", "srgb_profile"]

@@ -63,7 +63,6 @@ class _WorkerState:
 
 
 _state: _WorkerState | None = None
-WORKER_NICENESS = 10
 _proven: set[tuple[tuple[bytes, ...], tuple[bytes, ...]]] = set()
 
 
@@ -100,7 +99,8 @@ def _init_worker(spec: WorkerSpec) -> None:
     global _state
     # Documents wait a little rather than slow down everyone else: the event loop process
     # (JSON, login, fan-out) goes first when the cores are busy.
-    os.nice(WORKER_NICENESS)
+    if spec.settings.documents.niceness > 0:
+        os.nice(spec.settings.documents.niceness)
     settings = spec.settings
     keys = load_keys(settings)
     assert keys.active.private_key is not None
