@@ -49,6 +49,7 @@ async def run(quick: bool) -> dict[str, Any]:
         "BLAUWEKNOP_DOCUMENTS__WARM_UP": "true",
     }
     settings = load_settings(None, env)
+    settings.dev_pki.ensure()  # before the services race to make it
     gateway = f"http://127.0.0.1:{GATEWAY_PORT}"
     sandboxes = [o.settings for o in settings.organisations]
     report: dict[str, Any] = {"citizen": CITIZEN, "workers": settings.documents.workers}

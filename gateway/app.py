@@ -24,6 +24,7 @@ from gateway.bundle import BundleIssuer
 from gateway.config import Settings, connector_factory, load_keys
 from gateway.documents import web as documents_web
 from gateway.documents.service import MEDIA_TYPES, DocumentService, WorkerSpec, negotiate
+from gateway.errors import ConfigError, DocumentUnavailable
 from gateway.fanout import Fanout
 from gateway.metrics import Metrics
 from gateway.schema import SCHEMA_FILE, schema_bytes
@@ -255,7 +256,16 @@ async def _sandbox_bundel(request: web.Request) -> web.Response:
         selected=organisaties,
     )
     extension = MEDIA_TYPES[media_type]
-    body = await request.app[documents_web.DOCUMENTS].render(signed, media_type)
+    try:
+        body = await request.app[documents_web.DOCUMENTS].render(signed, media_type)
+    except (DocumentUnavailable, ConfigError) as exc:
+        log.error("document not made: %s", exc)
+        return problem(
+            503,
+            "Tijdelijk niet beschikbaar",
+            f"The {extension.upper()} document cannot be made right now; nothing was released. "
+            "Try again later, or ask for JSON.",
+        )
     response = await release(request, signed, body, media_type, extension)
     if "formaat" in fields and response.status == 200:
         response.headers["Content-Disposition"] = (

@@ -41,3 +41,7 @@ class SchemaViolation(BlauweKnopError):
 
 class VerificationError(BlauweKnopError):
     """A signature, certificate or digest did not verify."""
+
+
+class DocumentUnavailable(BlauweKnopError):
+    """A certified document (XML, PDF) could not be made now: TSA, HSM or worker trouble."""

@@ -505,3 +505,35 @@ async def test_verify_json_by_name_and_jws(docs: Stack) -> None:
     payload["bronnen"][0]["gegevens"]["financiele_zaken"] = []
     parts[1] = base64.urlsafe_b64encode(orjson.dumps(payload)).rstrip(b"=").decode()
     assert not (await check(".".join(parts).encode(), trust_of(docs))).ok
+
+
+async def test_no_time_stamp_no_pdf(state_dir: Path, pki: DevPki) -> None:
+    """With the TSA unreachable the gateway answers 503 and releases (and records) nothing."""
+    import socket
+
+    with socket.socket() as probe:  # a port that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    stack, runners = await start_stack(
+        state_dir,
+        pki,
+        documents={"workers": 1, "tsa_url": f"http://127.0.0.1:{closed}/"},
+    )
+    try:
+        async with stack.session.post(
+            f"{stack.url}/v1/sandbox/bundel",
+            json={"bsn": EVERYWHERE},
+            headers={"Accept": "application/pdf"},
+        ) as response:
+            assert response.status == 503
+            assert response.content_type == "application/problem+json"
+            tx = response.headers["X-Transactie-Id"]
+            assert EVERYWHERE not in await response.text()
+        records = [r for r in await stack.app[AUDIT].store.unsent(10_000) if r.key == tx]
+        assert not any(b"bundel.uitgegeven" in r.payload for r in records)
+        json_body, _ = await fetch(stack, EVERYWHERE, "application/json")
+        assert orjson.loads(json_body)["jws"], "JSON needs no TSA and still works"
+    finally:
+        await stack.session.close()
+        for runner in runners:
+            await runner.cleanup()

@@ -16,7 +16,9 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from asn1crypto import x509 as asn1_x509
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from pyhanko.pdf_utils.misc import PdfError
 from pyhanko.pdf_utils.reader import PdfFileReader
 from pyhanko.sign.diff_analysis import ModificationLevel
@@ -26,10 +28,13 @@ from pyhanko.sign.validation.errors import NoDSSFoundError
 from pyhanko.sign.validation.generic_cms import extract_tst_data_iter
 from pyhanko_certvalidator import ValidationContext
 
-from gateway.documents.verify import _asn1
 from gateway.errors import VerificationError
 
 MAX_ATTACHMENTS = 8
+
+
+def asn1_certificate(cert: x509.Certificate) -> asn1_x509.Certificate:
+    return asn1_x509.Certificate.load(cert.public_bytes(Encoding.DER))
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +51,7 @@ def _context(
     dss: DocumentSecurityStore | None, roots: Sequence[x509.Certificate], moment: dt.datetime
 ) -> ValidationContext:
     kwargs = {
-        "trust_roots": [_asn1(r) for r in roots],
+        "trust_roots": [asn1_certificate(r) for r in roots],
         "allow_fetching": False,
         "revocation_mode": "hard-fail",
         "moment": moment,

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+from asn1crypto import algos
 from asn1crypto import crl as asn1_crl
-from asn1crypto import keys as asn1_keys
 from asn1crypto import ocsp as asn1_ocsp
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
@@ -85,7 +85,7 @@ class _SealSigner(Signer):
         super().__init__(
             signing_cert=certs[0],
             cert_registry=SimpleCertificateStore.from_certs(certs),
-            signature_mechanism=asn1_keys_algorithm(),
+            signature_mechanism=algos.SignedDigestAlgorithm({"algorithm": "sha256_ecdsa"}),
             embed_roots=True,
         )
 
@@ -95,12 +95,6 @@ class _SealSigner(Signer):
         if dry_run:
             return bytes(72)
         return self._key.sign(data, ec.ECDSA(hashes.SHA256()))
-
-
-def asn1_keys_algorithm() -> Any:
-    from asn1crypto import algos
-
-    return algos.SignedDigestAlgorithm({"algorithm": "sha256_ecdsa"})
 
 
 def _asn1_cert(cert: x509.Certificate) -> asn1_x509.Certificate:
@@ -309,4 +303,3 @@ def _validation_context(sealing: PdfSealing) -> ValidationContext:
 
 
 __all__ = ["MEDIA_TYPE", "PdfSealing", "certify_pdf", "srgb_profile"]
-_ = asn1_keys  # re-exported for type checkers of callers that build keys

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import datetime as dt
 import hashlib
 import multiprocessing
 import os
@@ -33,7 +32,7 @@ from gateway.documents import xml as bundel_xml
 from gateway.documents.layout import register_fonts
 from gateway.documents.pades import check_pades
 from gateway.documents.verify import DocumentTrust, Verdict, verify_file
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, DocumentUnavailable
 from gateway.sign import KeyRing, SignedBundel
 
 JSON = "application/json"
@@ -138,6 +137,19 @@ def _sign_xml(document: dict[str, Any]) -> bytes:
 
 
 def _certify_pdf(document: dict[str, Any], json_download: bytes, canonical_sha256: str) -> bytes:
+    try:
+        return _certify_pdf_unchecked(document, json_download, canonical_sha256)
+    except ConfigError:
+        raise
+    except Exception as exc:  # TSA down, HSM gone, …: a clear error, never a half document
+        raise DocumentUnavailable(
+            f"the certified PDF could not be made: {type(exc).__name__}: {exc}"[:500]
+        ) from None
+
+
+def _certify_pdf_unchecked(
+    document: dict[str, Any], json_download: bytes, canonical_sha256: str
+) -> bytes:
     state = _worker()
     xml_download = _sign_xml(document)
     sealing = state.sealing
@@ -205,7 +217,12 @@ class DocumentService:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     async def _run(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        except concurrent.futures.BrokenExecutor as exc:
+            raise DocumentUnavailable(
+                "a document worker process died; the pool must be restarted (restart the gateway)"
+            ) from exc
 
     async def render(self, signed: SignedBundel, media_type: str) -> bytes:
         """The exact bytes of `signed` in `media_type` (one of MEDIA_TYPES)."""
@@ -261,4 +278,3 @@ __all__ = [
     "document_trust",
     "negotiate",
 ]
-_ = dt

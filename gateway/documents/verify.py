@@ -16,26 +16,32 @@ Everything here is blocking and CPU-bound; the gateway runs it in its process po
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
-import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
-from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import Encoding
 from pyhanko_certvalidator import CertificateValidator, ValidationContext
 from pyhanko_certvalidator.errors import PathBuildingError, PathValidationError, ValidationError
 
 from gateway import jws
 from gateway.connector import Connector
 from gateway.documents import xml as bundel_xml
+from gateway.documents.pades import asn1_certificate, check_pades
 from gateway.errors import BlauweKnopError, VerificationError
 from gateway.sign import jwk_thumbprint
-from gateway.verify import BundleVerdict, SourceVerdict, Trust, verify_compact, verify_download
+from gateway.verify import (
+    BundleVerdict,
+    SourceVerdict,
+    Trust,
+    verify_bundel_document,
+    verify_compact,
+    verify_download,
+)
 
 Format = Literal["json", "jws", "xml", "pdf"]
 MAX_FILE_BYTES = 64 * 1024 * 1024
@@ -135,10 +141,6 @@ def verify_file(
 # --- certificates --------------------------------------------------------------------------
 
 
-def _asn1(cert: x509.Certificate) -> asn1_x509.Certificate:
-    return asn1_x509.Certificate.load(cert.public_bytes(Encoding.DER))
-
-
 def check_chain(
     chain: Sequence[x509.Certificate], roots: Sequence[x509.Certificate], at: dt.datetime
 ) -> None:
@@ -146,13 +148,13 @@ def check_chain(
     if not roots:
         raise VerificationError("no trusted root certificates configured")
     context = ValidationContext(
-        trust_roots=[_asn1(r) for r in roots],
-        other_certs=[_asn1(c) for c in chain[1:]],
+        trust_roots=[asn1_certificate(r) for r in roots],
+        other_certs=[asn1_certificate(c) for c in chain[1:]],
         moment=at,
         allow_fetching=False,
         revocation_mode="soft-fail",
     )
-    validator = CertificateValidator(_asn1(chain[0]), validation_context=context)
+    validator = CertificateValidator(asn1_certificate(chain[0]), validation_context=context)
     try:
         asyncio.run(validator.async_validate_usage({"digital_signature"}))
     except (PathBuildingError, PathValidationError, ValidationError) as exc:
@@ -199,8 +201,6 @@ def _x5c_chain(token: str) -> tuple[x509.Certificate, ...]:
     x5c = header.get("x5c") if isinstance(header, dict) else None
     if not isinstance(x5c, list) or not x5c or not all(isinstance(c, str) for c in x5c):
         raise VerificationError("the JWS header carries no x5c certificate chain")
-    import base64
-
     try:
         return tuple(x509.load_der_x509_certificate(base64.b64decode(c)) for c in x5c)
     except ValueError as exc:
@@ -244,8 +244,6 @@ def _verify_xml(data: bytes, trust: DocumentTrust, at: dt.datetime | None) -> Ve
     public = seal.chain[0].public_key()
     assert isinstance(public, ec.EllipticCurvePublicKey)
     kid = jwk_thumbprint(public)
-    from gateway.verify import verify_bundel_document
-
     bundle = verify_bundel_document(seal.document, kid, Trust({kid: public}, trust.connectors))
     return _verdict("xml", bundle, seal.chain, seal.signing_time)
 
@@ -254,8 +252,6 @@ def _verify_xml(data: bytes, trust: DocumentTrust, at: dt.datetime | None) -> Ve
 
 
 def _verify_pdf(data: bytes, trust: DocumentTrust, at: dt.datetime | None) -> Verdict:
-    from gateway.documents.pades import check_pades
-
     pades = check_pades(data, trust.roots, at)
     attachments: list[Verdict] = []
     # The time-stamp proves the attachments existed then: their seals are judged at that moment.
@@ -287,4 +283,3 @@ def _verify_pdf(data: bytes, trust: DocumentTrust, at: dt.datetime | None) -> Ve
 
 
 __all__ = ["DocumentTrust", "Verdict", "check_chain", "detect_format", "verify_file"]
-_ = io

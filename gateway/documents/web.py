@@ -8,6 +8,7 @@ process pool, so a hostile file costs a worker, never the event loop.
 
 from __future__ import annotations
 
+import asyncio
 from html import escape
 from typing import Literal
 
@@ -21,6 +22,7 @@ from gateway.documents.xml import XSD_FILE, xsd_bytes
 DOCUMENTS = web.AppKey("documents", DocumentService)
 MAX_VERIFY_BYTES = web.AppKey("max_verify_bytes", int)
 Lang = Literal["nl", "en"]
+VERIFY_TIMEOUT_SECONDS = 30.0
 
 
 def add_routes(app: web.Application, max_verify_bytes: int) -> None:
@@ -81,8 +83,17 @@ async def _verify_api(request: web.Request) -> web.Response:
         return _problem(413, "Bestand te groot", f"Upload at most {limit} bytes.")
     if not data:
         return _problem(400, "Geen bestand", "Send the file as the body or as form field bestand.")
-    verdict = await request.app[DOCUMENTS].verify(data, name)
+    try:
+        verdict = await _verify_in_time(request, data, name)
+    except TimeoutError:
+        return _problem(503, "Controle duurde te lang", "Verification took too long; try again.")
     return web.Response(body=orjson.dumps(verdict.as_json()), content_type="application/json")
+
+
+async def _verify_in_time(request: web.Request, data: bytes, name: str | None) -> Verdict:
+    """A hostile file may keep a worker busy, but never a request for longer than this."""
+    async with asyncio.timeout(VERIFY_TIMEOUT_SECONDS):
+        return await request.app[DOCUMENTS].verify(data, name)
 
 
 TEXT: dict[str, dict[Lang, str]] = {
@@ -114,6 +125,10 @@ TEXT: dict[str, dict[Lang, str]] = {
     "again": {"nl": "Nog een document controleren", "en": "Verify another document"},
     "too_large": {"nl": "Het bestand is te groot.", "en": "The file is too large."},
     "empty": {"nl": "Kies eerst een bestand.", "en": "Choose a file first."},
+    "slow": {
+        "nl": "De controle duurde te lang. Probeer het later opnieuw.",
+        "en": "Verification took too long. Please try again later.",
+    },
 }
 PROVENANCE: dict[str, dict[Lang, str]] = {
     "verified": {
@@ -215,7 +230,14 @@ async def _page_result(request: web.Request) -> web.Response:
         )
         response.set_status(400)
         return response
-    verdict = await request.app[DOCUMENTS].verify(data, name)
+    try:
+        verdict = await _verify_in_time(request, data, name)
+    except TimeoutError:
+        response = _html(
+            lang, f'<p class="bad" role="alert">{TEXT["slow"][lang]}</p>' + _form(lang)
+        )
+        response.set_status(503)
+        return response
     return _html(lang, _result(lang, verdict))
 
 

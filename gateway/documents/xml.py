@@ -14,6 +14,8 @@ Verification parses strictly: no DTD, no entities, no network, a size limit, the
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import datetime as dt
 import types
@@ -269,9 +271,6 @@ def verify_xml_seal(data: bytes, signer_cert: x509.Certificate | None = None) ->
 
 
 def _b64(text: str) -> bytes:
-    import base64
-    import binascii
-
     try:
         return base64.b64decode("".join(text.split()), validate=True)
     except binascii.Error as exc:
