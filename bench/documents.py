@@ -17,25 +17,48 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
 
-from bench.fanout import percentile, services, wait_for
+from bench.fanout import percentile, wait_for
 from gateway.config import load_settings
 from gateway.connector import client_tls
 
 CITIZEN = "999990020"  # data everywhere
 LONG_HISTORY = "999990068"
-GATEWAY_PORT = 18180
-SANDBOX_BASE_PORT = 19201
+GATEWAY_PORT = 18280
+SANDBOX_BASE_PORT = 19301
 RATE = 20.0  # JSON requests per second, open loop
+
+
+@contextlib.asynccontextmanager
+async def services(env: dict[str, str]) -> AsyncIterator[None]:
+    """The sandboxes and the gateway as two processes; both stopped whatever happens."""
+    blauweknop = str(Path(sys.executable).with_name("blauweknop"))
+    procs = [
+        await asyncio.create_subprocess_exec(blauweknop, *args, env=env, stdout=subprocess.DEVNULL)
+        for args in (("sandbox", "serve"), ("serve",))
+    ]
+    try:
+        yield
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.terminate()
+        for proc in procs:
+            await proc.wait()
 
 
 async def run(quick: bool) -> dict[str, Any]:

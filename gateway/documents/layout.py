@@ -103,12 +103,12 @@ def euro(cents: int | None) -> str:
     return f"€ {sign}{whole:,}".replace(",", ".") + f",{rest:02d}"
 
 
-def datum(text: str | None) -> str:
-    """`2024-03-01` -> `1 maart 2024`."""
+def kort(text: str | None) -> str:
+    """`2024-03-01` -> `01-03-2024`, the Dutch numeric date for table columns."""
     if not text:
         return "–"
     day = dt.date.fromisoformat(text[:10])
-    return f"{day.day} {MONTHS_NL[day.month - 1]} {day.year}"
+    return f"{day.day:02d}-{day.month:02d}-{day.year}"
 
 
 def datumtijd(text: str) -> str:
@@ -252,9 +252,9 @@ def _bron(bron: Mapping[str, Any]) -> list[Flowable]:
             _table(
                 ["Kenmerk", "Omschrijving", "Opgelegd", "Betaald", "Kwijtgescholden", "Saldo"],
                 rows,
-                [30, 52, 24, 24, 24, 24],
+                [30, 42, 25, 25, 30, 26],
                 numeric=(2, 3, 4, 5),
-                wrap=(1,),
+                wrap=(0, 1),
             )
         )
         for z in zaken:
@@ -277,11 +277,11 @@ def _bron(bron: Mapping[str, Any]) -> list[Flowable]:
                 )
             events = [
                 [
-                    datum(g["datumtijd"]),
+                    kort(g["datumtijd"]),
                     EVENT_NL.get(g["gebeurtenis_type"], g["gebeurtenis_type"])
                     + (f" ({g['aanschrijvingstype']})" if g.get("aanschrijvingstype") else ""),
                     g["omschrijving"]
-                    + (f" — vervalt {datum(g['vervaldatum'])}" if g.get("vervaldatum") else ""),
+                    + (f" — vervalt {kort(g['vervaldatum'])}" if g.get("vervaldatum") else ""),
                     euro(g["bedrag"]),
                 ]
                 for g in shown
@@ -307,13 +307,13 @@ def _bron(bron: Mapping[str, Any]) -> list[Flowable]:
                         r["kenmerk"],
                         r["omschrijving"] + " (zaken: " + ", ".join(r["zaakkenmerken"]) + ")",
                         f"{euro(r['termijnbedrag'])} {FREQUENTIE_NL.get(r['frequentie'], '')}",
-                        f"{datum(r['startdatum'])} – {datum(r['einddatum'])}",
+                        f"{kort(r['startdatum'])} – {kort(r['einddatum'])}",
                         REGELING_NL.get(r["status"], r["status"]),
                     ]
                     for r in regelingen
                 ],
                 [28, 62, 34, 36, 18],
-                wrap=(1, 3),
+                wrap=(0, 1, 2, 3),
             )
         )
     inkomsten = gegevens["inkomsten"]
@@ -328,7 +328,7 @@ def _bron(bron: Mapping[str, Any]) -> list[Flowable]:
                         i["verstrekker"],
                         f"{euro(i['bedrag_bruto'])} {FREQUENTIE_NL.get(i['frequentie'], '')}",
                         euro(i["bedrag_netto"]),
-                        f"{datum(i['periode_start'])} – {datum(i['periode_eind'])}",
+                        f"{kort(i['periode_start'])} – {kort(i['periode_eind'])}",
                     ]
                     for i in inkomsten
                 ],
