@@ -317,6 +317,20 @@ async def test_pdf_a_3_parts_are_there(certified: tuple[bytes, dict[str, Any]]) 
     assert EVERYWHERE not in xmp, "never the BSN in metadata"
     info = reader.trailer["/Info"]
     assert all(EVERYWHERE not in str(info[k]) for k in info)
+    # Every information entry has its XMP counterpart, with the same value where comparable.
+    counterparts = {
+        "/Title": "dc:title",
+        "/Author": "dc:creator",
+        "/Subject": "dc:description",
+        "/Creator": "xmp:CreatorTool",
+        "/Producer": "pdf:Producer",
+        "/CreationDate": "xmp:CreateDate",
+        "/ModDate": "xmp:ModifyDate",
+    }
+    assert set(info) <= set(counterparts), set(info) - set(counterparts)
+    for key in info:
+        assert counterparts[key] in xmp, key
+    assert f'pdf:Producer="{info["/Producer"]}"' in xmp
     assert "/Version" not in root or str(root["/Version"]) <= "/1.7", "PDF/A-3 is PDF 1.7"
     intents = root["/OutputIntents"]
     assert len(intents) == 1

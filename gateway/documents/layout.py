@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
+from pyhanko.pdf_utils.metadata.model import VENDOR
 from reportlab.lib import colors
 from reportlab.lib.enums import TA_LEFT
 from reportlab.lib.pagesizes import A4
@@ -39,6 +40,7 @@ FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
 REGULAR = "DejaVuSans"
 BOLD = "DejaVuSans-Bold"
 TIMEZONE = "Europe/Amsterdam"
+PRODUCER = VENDOR
 BLUE = colors.HexColor("#154273")  # Rijkshuisstijl dark blue
 LIGHT = colors.HexColor("#dce3ea")
 
@@ -375,6 +377,9 @@ def layout_pdf(document: Mapping[str, Any], *, canonical_sha256: str, verify_url
         author=document["uitgever"]["naam"],
         subject="Blauwe Knop: gewaarmerkt overzicht",
         creator="Blauwe Knop gateway",
+        # PDF/A: the information dictionary must equal the XMP, which pyHanko writes with its
+        # own name as producer; reportlab's would make the two differ.
+        producer=PRODUCER,
         lang="nl-NL",
         initialFontName=REGULAR,
         invariant=True,

@@ -206,6 +206,13 @@ def certify_pdf(
     meta_data.creator = "Blauwe Knop gateway"
     meta_data.created = issued
     meta_data.xmp_extra = [_xmp_pdfa()]
+    # reportlab always writes /Trapped and /Keywords, which have no counterpart in our XMP
+    # (PDF/A: every information entry must have one), so they go.
+    info = writer.trailer["/Info"]
+    for entry in ("/Trapped", "/Keywords"):
+        if entry in info:
+            del info[entry]
+    writer.mark_update(writer.trailer.raw_get("/Info"))
     meta = signers.PdfSignatureMetadata(
         field_name=SIGNATURE_FIELD,
         subfilter=fields.SigSeedSubFilter.PADES,
