@@ -97,8 +97,22 @@ class _SealSigner(Signer):
         return self._key.sign(data, ec.ECDSA(hashes.SHA256()))
 
 
+@cache
 def _asn1_cert(cert: x509.Certificate) -> asn1_x509.Certificate:
+    """Parsed once per worker: asn1crypto then also encodes it only once."""
     return asn1_x509.Certificate.load(cert.public_bytes(Encoding.DER))
+
+
+_signers: dict[tuple[int, tuple[bytes, ...]], _SealSigner] = {}
+
+
+def _signer(key: ec.EllipticCurvePrivateKey, chain: Sequence[x509.Certificate]) -> _SealSigner:
+    """One pyHanko signer per key and chain in a worker (building its certificate registry
+    costs more than the signature itself)."""
+    index = (id(key), tuple(c.public_bytes(Encoding.DER) for c in chain))
+    if index not in _signers:
+        _signers[index] = _SealSigner(key, chain)
+    return _signers[index]
 
 
 class _Pdf17Writer(IncrementalPdfFileWriter):
@@ -233,7 +247,7 @@ def certify_pdf(
     out = signers.sign_pdf(
         writer,
         meta,
-        signer=_SealSigner(sealing.key, sealing.chain),
+        signer=_signer(sealing.key, sealing.chain),
         timestamper=timestamper,
         # A fixed reservation spares pyHanko a dry-run signature to estimate the size; the CMS
         # (two chains, the time-stamp token) is 3-5 KB, far below this.
