@@ -112,16 +112,12 @@ async def _audit_trail(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _documents(app: web.Application) -> AsyncIterator[None]:
-    """The document process pool; in sandbox mode also the development TSA, on its own socket."""
+    """The document process pool (and in sandbox mode the development TSA, on first use)."""
     settings = app[SETTINGS]
-    tsa_runner = None
-    tsa_url = settings.documents.tsa_url
-    if tsa_url is None:
-        from gateway.tsa.server import start_dev_tsa
-
-        tsa_runner, tsa_url = await start_dev_tsa(settings.dev_pki, host=settings.host)
     public = settings.documents.public_url or f"http://{settings.host}:{settings.port}"
-    service = DocumentService(WorkerSpec(settings, tsa_url, f"{public.rstrip('/')}/verifieer"))
+    service = DocumentService(
+        WorkerSpec(settings, settings.documents.tsa_url, f"{public.rstrip('/')}/verifieer")
+    )
     app[documents_web.DOCUMENTS] = service
     warm = settings.documents.warm_up
     try:
@@ -130,8 +126,6 @@ async def _documents(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await asyncio.get_running_loop().run_in_executor(None, service.close)
-        if tsa_runner is not None:
-            await tsa_runner.cleanup()
 
 
 async def release(

@@ -19,7 +19,8 @@ import hashlib
 import multiprocessing
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ from gateway.config import Settings, connector_factory, load_keys
 from gateway.connector import Connector
 from gateway.documents import pdf as certified_pdf
 from gateway.documents import xml as bundel_xml
+from gateway.documents.devtsa import start_dev_tsa_process
+from gateway.documents.devtsa import stop as stop_dev_tsa
 from gateway.documents.layout import register_fonts
 from gateway.documents.pades import check_pades
 from gateway.documents.verify import DocumentTrust, Verdict, verify_file
@@ -48,7 +51,7 @@ class WorkerSpec:
     """Everything a worker needs to build its own state; picklable."""
 
     settings: Settings
-    tsa_url: str
+    tsa_url: str | None  # None: the development TSA, started on first use (sandbox only)
     verify_url: str
 
 
@@ -106,7 +109,7 @@ def _init_worker(spec: WorkerSpec) -> None:
     sealing = certified_pdf.PdfSealing(
         key=keys.active.private_key,
         chain=keys.active.chain,
-        tsa_url=spec.tsa_url,
+        tsa_url=spec.tsa_url or "",
         trust_roots=trust_roots(settings),
         crls=_crls(settings),
         fetch_revocation=settings.documents.fetch_revocation,
@@ -136,9 +139,11 @@ def _sign_xml(document: dict[str, Any]) -> bytes:
     return bundel_xml.sign_xml(document, key.private_key, key.chain)
 
 
-def _certify_pdf(document: dict[str, Any], json_download: bytes, canonical_sha256: str) -> bytes:
+def _certify_pdf(
+    document: dict[str, Any], json_download: bytes, canonical_sha256: str, tsa_url: str
+) -> bytes:
     try:
-        return _certify_pdf_unchecked(document, json_download, canonical_sha256)
+        return _certify_pdf_unchecked(document, json_download, canonical_sha256, tsa_url)
     except ConfigError:
         raise
     except Exception as exc:  # TSA down, HSM gone, …: a clear error, never a half document
@@ -148,24 +153,18 @@ def _certify_pdf(document: dict[str, Any], json_download: bytes, canonical_sha25
 
 
 def _certify_pdf_unchecked(
-    document: dict[str, Any], json_download: bytes, canonical_sha256: str
+    document: dict[str, Any], json_download: bytes, canonical_sha256: str, tsa_url: str
 ) -> bytes:
     state = _worker()
     xml_download = _sign_xml(document)
     sealing = state.sealing
+    if sealing.tsa_url != tsa_url:
+        sealing = replace(sealing, tsa_url=tsa_url)
     if state.settings.mode == "sandbox" and not state.settings.documents.crl_files:
         # The development CRL is reissued daily; a long-running worker picks up the new one.
         crls = _crls(state.settings)
         if crls != sealing.crls:
-            sealing = certified_pdf.PdfSealing(
-                sealing.key,
-                sealing.chain,
-                sealing.tsa_url,
-                sealing.trust_roots,
-                crls,
-                sealing.ocsps,
-                sealing.fetch_revocation,
-            )
+            sealing = replace(sealing, crls=crls)
     body = certified_pdf.certify_pdf(
         document,
         json_download=json_download,
@@ -196,6 +195,9 @@ class DocumentService:
 
     def __init__(self, spec: WorkerSpec) -> None:
         self.spec = spec
+        self._tsa_url = spec.tsa_url
+        self._tsa_process: BaseProcess | None = None
+        self._tsa_lock = asyncio.Lock()
         self._pool = concurrent.futures.ProcessPoolExecutor(
             max_workers=max(1, spec.settings.documents.workers),
             mp_context=multiprocessing.get_context("spawn"),
@@ -215,6 +217,26 @@ class DocumentService:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._tsa_process is not None:
+            stop_dev_tsa(self._tsa_process)
+
+    async def tsa_url(self) -> str:
+        """The configured TSA, or (sandbox) the development TSA in its own process."""
+        async with self._tsa_lock:
+            if self._tsa_url is None:
+                settings = self.spec.settings
+                if settings.mode != "sandbox":
+                    raise ConfigError("[documents] tsa_url is required outside sandbox mode")
+                self._tsa_process, self._tsa_url = await asyncio.get_running_loop().run_in_executor(
+                    None,
+                    start_dev_tsa_process,
+                    settings.dev_pki,
+                    settings.sandbox_host,
+                    settings.documents.niceness,
+                )
+            url = self._tsa_url
+            assert url is not None
+            return url
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         try:
@@ -239,6 +261,7 @@ class DocumentService:
                 signed.document,
                 signed.download_json(),
                 hashlib.sha256(signed.canonical).hexdigest(),
+                await self.tsa_url(),
             )
             return pdf
         raise ValueError(f"no rendering for {media_type!r}")
