@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import hashlib
+import logging
 import multiprocessing
 import os
 from collections.abc import Mapping
@@ -37,6 +38,8 @@ from gateway.documents.pades import check_pades
 from gateway.documents.verify import DocumentTrust, Verdict, verify_file
 from gateway.errors import ConfigError, DocumentUnavailable
 from gateway.sign import KeyRing, SignedBundel
+
+log = logging.getLogger(__name__)
 
 JSON = "application/json"
 JOSE = "application/jose"
@@ -85,7 +88,13 @@ def document_trust(settings: Settings) -> DocumentTrust:
     """The roots and the organisations' connectors (to re-check each source's signature)."""
     connectors: dict[str, Connector] = {}
     for org in settings.organisations:
-        connector = connector_factory(org.connector)(org.settings)
+        try:
+            connector = connector_factory(org.connector)(org.settings)
+        except (OSError, ValueError) as exc:
+            # Without the organisation's certificate its sources show as "not checked", and
+            # the verdict says so; that is clearer than refusing to verify anything.
+            log.warning("cannot check %s's own signatures: %s", org.connector, exc)
+            continue
         connectors[connector.organisatie.code] = connector
     return DocumentTrust(trust_roots(settings), connectors)
 
