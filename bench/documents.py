@@ -11,6 +11,7 @@ this process, all in one run for one citizen:
   to back (target: with PDFs <= 1.5 x alone).
 
     .venv/bin/python -m bench.documents [--quick]
+    .venv/bin/python -m bench.documents --cpu   # CPU per PDF and per verification only
 """
 
 from __future__ import annotations
@@ -179,10 +180,99 @@ async def run(quick: bool) -> dict[str, Any]:
     return report
 
 
+async def _one_bundle(settings: Any) -> bytes:
+    """A real signed bundle from the sandboxes and a gateway, all in this process."""
+    from dataclasses import replace
+
+    from connectors._sandbox.runner import serve_app
+    from gateway.app import create_app
+    from gateway.config import sandbox_organisation_table
+    from gateway.serve import start_sandboxes
+
+    sandboxes = await start_sandboxes(settings, any_port=True)
+    urls = {s.org: s.url for s in sandboxes}
+    organisations = sandbox_organisation_table(settings.dev_pki, urls)
+    from gateway.config import settings_from_mapping
+
+    with_orgs = settings_from_mapping(
+        {"state_dir": str(settings.state_dir), "organisations": organisations}
+    )
+    runner, port = await serve_app(create_app(replace(with_orgs, documents=settings.documents)))
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"http://127.0.0.1:{port}/v1/sandbox/bundel", json={"bsn": CITIZEN}
+            ) as response,
+        ):
+            response.raise_for_status()
+            return await response.read()
+    finally:
+        await runner.cleanup()
+        for sandbox in sandboxes:
+            await sandbox.runner.cleanup()
+
+
+def cpu_per_document(count: int = 12) -> dict[str, Any]:
+    """CPU of one certified PDF and of verifying it, in this process (load-independent)."""
+    import threading
+    from dataclasses import replace
+
+    from gateway.config import settings_from_mapping
+    from gateway.documents import service
+    from gateway.documents.verify import verify_file
+    from gateway.tsa.server import start_dev_tsa
+
+    state = Path(tempfile.mkdtemp(prefix="bk-bench-cpu-"))
+    settings = settings_from_mapping({"state_dir": str(state)})
+    settings = replace(settings, documents=replace(settings.documents, niceness=0))
+    settings.dev_pki.ensure()
+    ready: dict[str, str] = {}
+
+    def tsa() -> None:
+        async def serve() -> None:
+            _, ready["url"] = await start_dev_tsa(settings.dev_pki)
+            await asyncio.Event().wait()
+
+        asyncio.run(serve())
+
+    threading.Thread(target=tsa, daemon=True).start()
+    while "url" not in ready:
+        time.sleep(0.05)
+    service._init_worker(service.WorkerSpec(settings, ready["url"], "http://x/verifieer"))
+    download = asyncio.run(_one_bundle(settings))
+    document = orjson.loads(download)["bundel"]
+    pdf = b""
+    for _ in range(3):
+        pdf = service._certify_pdf(document, download, "0" * 64, ready["url"])
+    started = time.process_time()
+    for _ in range(count):
+        pdf = service._certify_pdf(document, download, "0" * 64, ready["url"])
+    make = (time.process_time() - started) / count
+    trust = service.document_trust(settings)
+    started = time.process_time()
+    for _ in range(3):
+        verdict = verify_file(pdf, trust)
+    check = (time.process_time() - started) / 3
+    return {
+        "citizen": CITIZEN,
+        "pdf_cpu_ms_incl_tsa_token": round(make * 1000, 1),
+        "verify_pdf_cpu_ms": round(check * 1000, 1),
+        "verified": verdict.ok,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests, for a smoke run")
+    parser.add_argument(
+        "--cpu", action="store_true", help="only the CPU per PDF and per verification, in-process"
+    )
     args = parser.parse_args()
+    if args.cpu:
+        sys.stdout.write(orjson.dumps(cpu_per_document(), option=orjson.OPT_INDENT_2).decode())
+        sys.stdout.write("\n")
+        return
     report = asyncio.run(run(args.quick))
     sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
 
