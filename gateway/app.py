@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import uuid
@@ -21,6 +22,9 @@ from gateway.audit import AuditTrail, PseudonymKey
 from gateway.bsn import is_bsn
 from gateway.bundle import BundleIssuer
 from gateway.config import Settings, connector_factory, load_keys
+from gateway.documents import web as documents_web
+from gateway.documents.service import MEDIA_TYPES, DocumentService, WorkerSpec, negotiate
+from gateway.errors import ConfigError, DocumentUnavailable
 from gateway.fanout import Fanout
 from gateway.metrics import Metrics
 from gateway.schema import SCHEMA_FILE, schema_bytes
@@ -71,6 +75,8 @@ def create_app(settings: Settings, keys: KeyRing | None = None) -> web.Applicati
     app[ISSUER] = BundleIssuer(fanout, keys, settings.uitgever, metrics)
     app.cleanup_ctx.append(_client_session)
     app.cleanup_ctx.append(_audit_trail)
+    app.cleanup_ctx.append(_documents)
+    documents_web.add_routes(app, settings.documents.max_verify_bytes)
     app.router.add_get("/.well-known/jwks.json", _jwks)
     app.router.add_get(f"/schema/{SCHEMA_FILE}", _schema)
     app.router.add_get("/healthz", _healthz)
@@ -110,6 +116,23 @@ async def _audit_trail(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await store.close()
+
+
+async def _documents(app: web.Application) -> AsyncIterator[None]:
+    """The document process pool (and in sandbox mode the development TSA, on first use)."""
+    settings = app[SETTINGS]
+    public = settings.documents.public_url or f"http://{settings.host}:{settings.port}"
+    service = DocumentService(
+        WorkerSpec(settings, settings.documents.tsa_url, f"{public.rstrip('/')}/verifieer")
+    )
+    app[documents_web.DOCUMENTS] = service
+    warm = settings.documents.warm_up
+    try:
+        if warm or (warm is None and settings.mode == "production"):
+            await service.start()
+        yield
+    finally:
+        await asyncio.get_running_loop().run_in_executor(None, service.close)
 
 
 async def release(
@@ -220,7 +243,13 @@ async def _sandbox_bundel(request: web.Request) -> web.Response:
         isinstance(organisaties, list) and all(isinstance(o, str) for o in organisaties)
     ):
         return problem(400, "Ongeldig verzoek", "organisaties must be a list of codes.")
-    wants_jws = fields.get("formaat") == "jws" or JOSE in request.headers.get("Accept", "")
+    formaat = fields.get("formaat")
+    try:
+        media_type = negotiate(
+            request.headers.get("Accept", ""), formaat if isinstance(formaat, str) else None
+        )
+    except ValueError as exc:
+        return problem(400, "Ongeldig formaat", str(exc))
     from gateway.federation.api import FEDERATION
 
     # No portal and no purpose here: only the routing to the citizen's own municipality applies;
@@ -233,11 +262,18 @@ async def _sandbox_bundel(request: web.Request) -> web.Response:
         selected=organisaties,
         admit=federation.admission(bsn, request.app[SESSION]),
     )
-    if wants_jws:
-        body, content_type, extension = signed.compact_jws.encode(), JOSE, "jws"
-    else:
-        body, content_type, extension = signed.download_json(), JSON, "json"
-    response = await release(request, signed, body, content_type, extension)
+    extension = MEDIA_TYPES[media_type]
+    try:
+        body = await request.app[documents_web.DOCUMENTS].render(signed, media_type)
+    except (DocumentUnavailable, ConfigError) as exc:
+        log.error("document not made: %s", exc)
+        return problem(
+            503,
+            "Tijdelijk niet beschikbaar",
+            f"The {extension.upper()} document cannot be made right now; nothing was released. "
+            "Try again later, or ask for JSON.",
+        )
+    response = await release(request, signed, body, media_type, extension)
     if "formaat" in fields and response.status == 200:
         response.headers["Content-Disposition"] = (
             f'attachment; filename="blauwe-knop-{signed.document["bundel_id"]}.{extension}"'
@@ -251,7 +287,9 @@ async def _sandbox_home(request: web.Request) -> web.Response:
         f'<form method="post" action="/v1/sandbox/bundel">'
         f'<input type="hidden" name="bsn" value="{c.bsn}">'
         f'<button name="formaat" value="json">JSON</button> '
-        f'<button name="formaat" value="jws">JWS</button></form></td></tr>'
+        f'<button name="formaat" value="jws">JWS</button> '
+        f'<button name="formaat" value="xml">XML</button> '
+        f'<button name="formaat" value="pdf">PDF</button></form></td></tr>'
         for c in CITIZENS
     )
     html = f"""<!doctype html>
@@ -264,5 +302,6 @@ async def _sandbox_home(request: web.Request) -> web.Response:
 {rows}
 </tbody></table>
 <p><a href="/.well-known/jwks.json">JWKS</a> · <a href="/schema/{SCHEMA_FILE}">Schema v1</a> ·
+<a href="/schema/bundel-v1.xsd">XSD</a> · <a href="/verifieer">Document controleren</a> ·
 <a href="/metrics">Metrics</a></p></main></body></html>"""
     return web.Response(text=html, content_type="text/html")

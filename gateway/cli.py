@@ -89,6 +89,22 @@ def _parser() -> argparse.ArgumentParser:
 
     add_federation_commands(sub)
 
+    verify = sub.add_parser(
+        "verify", help="check a downloaded .json, .jws, .xml or .pdf offline (Dutch; --lang en)"
+    )
+    verify.add_argument("file", type=Path, help="the document to check")
+    verify.add_argument(
+        "--trust-root",
+        type=Path,
+        action="append",
+        help="root CA certificate(s) (PEM) to trust; default: [documents] trust_roots, or in "
+        "sandbox mode the development root",
+    )
+    verify.add_argument("--lang", choices=("nl", "en"), default="nl", help="language of the report")
+    verify.add_argument("--json", action="store_true", help="machine-readable result")
+    verify.add_argument("--at", help="validate as at this moment (RFC 3339), e.g. years from now")
+    verify.set_defaults(run=_verify)
+
     keys = sub.add_parser("keys", help="the development PKI's seal keys")
     keys_sub = keys.add_subparsers(metavar="ACTION", required=True)
     keys_sub.add_parser("rotate", help="make a new seal key that signs from now on").set_defaults(
@@ -167,6 +183,35 @@ def _sandbox_citizens(args: argparse.Namespace) -> int:
             f"{c.bsn}  {c.naam:17} [{holders}]\n           {c.scenario}\n           {c.scenario_en}"
         )
     return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    """Exit 0 only when the seal, its chain, the time-stamp and every source verify."""
+    import datetime as dt
+    from dataclasses import replace
+
+    from gateway.documents.report import report
+    from gateway.documents.service import document_trust
+    from gateway.documents.verify import verify_file
+
+    settings = _settings(args)
+    if args.trust_root:
+        settings = replace(
+            settings, documents=replace(settings.documents, trust_roots=tuple(args.trust_root))
+        )
+    try:
+        data = args.file.read_bytes()
+    except OSError as exc:
+        print(f"blauweknop: cannot read {args.file}: {exc}", file=sys.stderr)
+        return 2
+    at = dt.datetime.fromisoformat(args.at) if args.at else None
+    verdict = verify_file(data, document_trust(settings), name=args.file.name, at=at)
+    if args.json:
+        sys.stdout.write(orjson.dumps(verdict.as_json(), option=orjson.OPT_INDENT_2).decode())
+        sys.stdout.write("\n")
+    else:
+        print(report(verdict, args.lang, str(args.file)))
+    return 0 if verdict.ok else 1
 
 
 def _keys_rotate(args: argparse.Namespace) -> int:

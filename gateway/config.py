@@ -22,6 +22,7 @@ from gateway.connector import ConnectorFactory, ConnectorSettings
 from gateway.errors import ConfigError
 from gateway.fanout import BreakerSettings
 from gateway.federation.settings import FederationSettings, parse_federation
+from gateway.hsm import Pkcs11Config
 from gateway.models import Contactoptie, Organisatie
 from gateway.pki import DevPki
 from gateway.sign import KeyRing
@@ -43,9 +44,36 @@ class OrganisationConfig:
 
 @dataclass(frozen=True, slots=True)
 class SigningConfig:
-    key: Path
+    """The seal key: a PEM file (`key`) or a PKCS#11 token (`pkcs11`), and its chain."""
+
+    key: Path | None
     chain: Path
     retired: tuple[Path, ...] = ()
+    pkcs11: Pkcs11Config | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentSettings:
+    """`[documents]`: the certified XML and PDF (see docs/documents.md).
+
+    `tsa_url`: RFC 3161 time-stamping authority for the PDF (sandbox: the development TSA,
+    started with the gateway). `trust_roots`: root certificates (PEM) that verification and
+    the PDF's B-LT material chain to (sandbox: the development root). `crl_files`: revocation
+    information to embed as is; `fetch_revocation`: let pyHanko fetch CRLs/OCSP responses the
+    certificates point at (production). `workers`: processes that sign and verify documents,
+    at `niceness` (lower CPU priority than the event loop, so documents wait, not everyone).
+    `public_url`: the gateway's address as printed in the PDF (`…/verifieer`).
+    """
+
+    tsa_url: str | None = None
+    trust_roots: tuple[Path, ...] = ()
+    crl_files: tuple[Path, ...] = ()
+    fetch_revocation: bool = False
+    workers: int = 2
+    public_url: str | None = None
+    max_verify_bytes: int = 20 * 1024 * 1024
+    warm_up: bool | None = None  # start the workers at start-up; default: in production only
+    niceness: int = 10  # CPU priority of the workers below the event loop (os.nice)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +168,8 @@ class Settings:
         """The stand-in DigiD's port in the demo stack."""
         return self.sandbox_base_port + DIGID_PORT_OFFSET
 
+    documents: DocumentSettings = field(default_factory=DocumentSettings)
+
     @property
     def store_path(self) -> Path:
         return self.state_dir / "gateway.db"
@@ -157,6 +187,9 @@ def load_keys(settings: Settings) -> KeyRing:
     """The configured seal keys, or in sandbox mode the development PKI's."""
     if settings.signing is not None:
         s = settings.signing
+        if s.pkcs11 is not None:
+            return KeyRing.from_pkcs11(s.pkcs11, s.chain, s.retired)
+        assert s.key is not None
         return KeyRing.from_files(s.key, s.chain, s.retired)
     if settings.mode != "sandbox":
         raise ConfigError("production mode needs [signing] key and chain")
@@ -207,15 +240,8 @@ def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
     breaker = _table(data, "breaker")
     audit = _table(data, "audit")
     signing_data = _table(data, "signing")
-    signing = (
-        SigningConfig(
-            key=Path(_str(signing_data, "key")),
-            chain=Path(_str(signing_data, "chain")),
-            retired=tuple(Path(p) for p in signing_data.get("retired", ())),
-        )
-        if signing_data
-        else None
-    )
+    signing = _signing(signing_data) if signing_data else None
+    documents = _table(data, "documents")
     sandbox_host = _str(data, "sandbox_host", "127.0.0.1")
     sandbox_base_port = _int(data, "sandbox_base_port", 9101)
     settings = Settings(
@@ -250,10 +276,48 @@ def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
         authz=_authz(_table(data, "authz")),
         oidc=_oidc(_table(data, "oidc"), mode, sandbox_host, sandbox_base_port),
         federation=parse_federation(_table(data, "federation"), mode),
+        documents=DocumentSettings(
+            tsa_url=str(documents["tsa_url"]) if documents.get("tsa_url") else None,
+            trust_roots=tuple(Path(p) for p in documents.get("trust_roots", ())),
+            crl_files=tuple(Path(p) for p in documents.get("crl_files", ())),
+            fetch_revocation=str(documents.get("fetch_revocation", "false")).lower()
+            in ("1", "true", "yes"),
+            workers=_int(documents, "workers", 2),
+            public_url=str(documents["public_url"]) if documents.get("public_url") else None,
+            max_verify_bytes=_int(documents, "max_verify_bytes", 20 * 1024 * 1024),
+            niceness=_int(documents, "niceness", 10),
+            warm_up=(
+                str(documents["warm_up"]).lower() in ("1", "true", "yes")
+                if "warm_up" in documents
+                else None
+            ),
+        ),
     )
     if mode == "production":
         _check_production(settings)
     return settings
+
+
+def _signing(data: Mapping[str, Any]) -> SigningConfig:
+    pkcs11 = None
+    if "pkcs11_module" in data:
+        pkcs11 = Pkcs11Config(
+            module=Path(_str(data, "pkcs11_module")),
+            token_label=_str(data, "pkcs11_token"),
+            key_label=_str(data, "pkcs11_key_label"),
+            pin_file=Path(_str(data, "pkcs11_pin_file")),
+        )
+    elif "key" not in data:
+        raise ConfigError(
+            "[signing] needs key (a PEM file) or pkcs11_module, pkcs11_token, pkcs11_key_label "
+            "and pkcs11_pin_file (an HSM), and chain"
+        )
+    return SigningConfig(
+        key=Path(_str(data, "key")) if "key" in data else None,
+        chain=Path(_str(data, "chain")),
+        retired=tuple(Path(p) for p in data.get("retired", ())),
+        pkcs11=pkcs11,
+    )
 
 
 def sandbox_organisation_table(pki: DevPki, urls: Mapping[str, str]) -> dict[str, dict[str, Any]]:
@@ -361,6 +425,11 @@ def _check_production(settings: Settings) -> None:
                 f"[organisations.{org.connector}] url must use https in production mode"
             )
     _check_oidc_production(settings.oidc)
+    if settings.documents.tsa_url is None or not settings.documents.trust_roots:
+        raise ConfigError(
+            "production mode needs [documents] tsa_url (an RFC 3161 time-stamping authority) "
+            "and trust_roots (the CA certificates of the seal and the TSA) for the certified PDF"
+        )
 
 
 def _set_path(data: dict[str, Any], keys: list[str], value: str) -> None:

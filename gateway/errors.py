@@ -70,3 +70,7 @@ class LoginError(BlauweKnopError):
         self.reason = reason
         self.description = description
         self.status = status
+
+
+class DocumentUnavailable(BlauweKnopError):
+    """A certified document (XML, PDF) could not be made now: TSA, HSM or worker trouble."""

@@ -25,10 +25,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 KeyType = Literal["ec", "rsa"]
-Usage = Literal["sign", "tls-server", "tls-client"]
+Usage = Literal["sign", "tls-server", "tls-client", "timestamping"]
 
 SEAL_PREFIX = "gateway-seal-"
 _VALIDITY = dt.timedelta(days=825)
+# A time-stamping authority's certificate outlives the signatures it dates (PAdES B-LT).
+_TSA_VALIDITY = dt.timedelta(days=3000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +49,8 @@ STANDARD_IDENTITIES: tuple[tuple[str, KeyType, Usage], ...] = (
     ("uwv-sign", "rsa", "sign"),
     ("cak-sign", "ec", "sign"),
     ("gemeente-sign", "ec", "sign"),
+    # The development RFC 3161 time-stamping authority (gateway/tsa), never used in production.
+    ("tsa", "ec", "timestamping"),
 )
 STANDARD_SECRETS = ("cak-client-secret",)
 
@@ -96,6 +100,45 @@ class DevPki:
         with self._locked():
             number = int(self.seal_names()[-1].removeprefix(SEAL_PREFIX)) + 1
             return self._issue(f"{SEAL_PREFIX}{number}", "ec", "sign")
+
+    @property
+    def root_crl(self) -> Path:
+        return self.directory / "root-ca.crl"
+
+    def crl(self, *, now: dt.datetime | None = None) -> bytes:
+        """The root CA's current CRL (DER; nothing revoked), reissued daily, valid 30 days.
+
+        It is the revocation information a PAdES B-LT signature embeds for the seal and TSA
+        certificates, so documents validate offline after those certificates expire.
+        """
+        self.ensure()
+        now = now or dt.datetime.now(dt.UTC)
+        with self._locked():
+            if self.root_crl.exists():
+                current = x509.load_der_x509_crl(self.root_crl.read_bytes())
+                if current.last_update_utc > now - dt.timedelta(days=1):
+                    return self.root_crl.read_bytes()
+            root_key = serialization.load_pem_private_key(
+                (self.directory / "root-ca.key.pem").read_bytes(), password=None
+            )
+            assert isinstance(root_key, ec.EllipticCurvePrivateKey)
+            root = x509.load_pem_x509_certificate(self.root_cert.read_bytes())
+            number = int(now.timestamp())
+            crl = (
+                x509.CertificateRevocationListBuilder()
+                .issuer_name(root.subject)
+                .last_update(now - dt.timedelta(minutes=5))
+                .next_update(now + dt.timedelta(days=30))
+                .add_extension(x509.CRLNumber(number), critical=False)
+                .add_extension(
+                    x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()),
+                    critical=False,
+                )
+                .sign(root_key, hashes.SHA256())
+            )
+            der = crl.public_bytes(serialization.Encoding.DER)
+            self.root_crl.write_bytes(der)
+            return der
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -173,7 +216,7 @@ class DevPki:
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + _VALIDITY)
+            .not_valid_after(now + (_TSA_VALIDITY if usage == "timestamping" else _VALIDITY))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
             .add_extension(
@@ -184,6 +227,11 @@ class DevPki:
         if usage == "tls-client":
             builder = builder.add_extension(
                 x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+            )
+        if usage == "timestamping":
+            # RFC 3161 §2.3: the TSA certificate has exactly this purpose, marked critical.
+            builder = builder.add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.TIME_STAMPING]), critical=True
             )
         if usage == "tls-server":
             builder = builder.add_extension(
@@ -204,11 +252,11 @@ class DevPki:
 
 
 def _key_usage(usage: Usage, key_type: KeyType) -> x509.KeyUsage:
-    signing = usage == "sign"
+    signing = usage in ("sign", "timestamping")
     return x509.KeyUsage(
         digital_signature=True,
         content_commitment=signing,
-        key_encipherment=(usage != "sign" and key_type == "rsa"),
+        key_encipherment=(not signing and key_type == "rsa"),
         data_encipherment=False,
         key_agreement=False,
         key_cert_sign=False,

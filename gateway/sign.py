@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, load_pem_priv
 from gateway import jws
 from gateway.canonical import canonicalize
 from gateway.errors import ConfigError
+from gateway.hsm import Pkcs11Config, load_pkcs11_key
 from gateway.models import Bundel
 from gateway.pki import DevPki
 from gateway.schema import validate_bundel
@@ -78,6 +79,15 @@ class KeyRing:
         if active.public_key.public_numbers() != private.public_key().public_numbers():
             raise ConfigError(f"{active_key} does not belong to the certificate in {active_chain}")
         return cls(active, tuple(_seal_key(path, None) for path in retired))
+
+    @classmethod
+    def from_pkcs11(
+        cls, config: Pkcs11Config, active_chain: Path, retired: Sequence[Path] = ()
+    ) -> KeyRing:
+        """The active seal key on an HSM (PKCS#11): it signs there and never leaves it."""
+        probe = _seal_key(active_chain, None)
+        key = load_pkcs11_key(config, probe.public_key)
+        return cls(SealKey(probe.kid, probe.chain, key), tuple(_seal_key(p, None) for p in retired))
 
     @classmethod
     def from_dev_pki(cls, pki: DevPki) -> KeyRing:

@@ -626,9 +626,9 @@ async def test_token_of_citizen_a_never_yields_citizen_b(world: PortalStack) -> 
     assert outer["bundel"]["bsn"] == CITIZEN_A
 
 
-async def test_xml_and_pdf_are_not_acceptable_yet(world: PortalStack) -> None:
+async def test_unknown_formats_are_not_acceptable(world: PortalStack) -> None:
     token, key = await token_for(world)
-    for accept in ("application/pdf", "application/xml", "text/html"):
+    for accept in ("text/html", "image/png", "application/json;q=0"):
         proof = dpop_proof(key, "GET", bundle_url(world), access_token=token)
         async with await get_bundle(world, token, proof, accept=accept) as response:
             await oauth_error(response, 406, "not_acceptable")

@@ -238,6 +238,7 @@ async def test_production_mode_has_no_sandbox_route(pki: DevPki, tmp_path: Path)
             "state_dir": str(tmp_path / "state"),
             "signing": {"key": str(seal.key), "chain": str(seal.chain)},
             "audit": {"pseudonym_key_file": str(key_file)},
+            "documents": {"tsa_url": "https://tsa.invalid/", "trust_roots": [str(pki.root_cert)]},
             "organisations": sandbox_organisation_table(
                 pki, {org: f"https://{org}.invalid" for org in ORGS}
             ),

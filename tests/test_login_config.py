@@ -39,6 +39,7 @@ def production(pki: DevPki, tmp_path: Path, **oidc: Any) -> dict[str, Any]:
         "signing": {"key": str(seal.key), "chain": str(seal.chain)},
         "audit": {"pseudonym_key_file": str(key_file)},
         "organisations": {"duo": {"url": "https://duo.example", "trust_cert": str(seal.chain)}},
+        "documents": {"tsa_url": "https://tsa.invalid/", "trust_roots": [str(pki.root_cert)]},
         "oidc": oidc,
     }
 

@@ -5,6 +5,7 @@ Everything over real sockets; the citizen's browser is the journey's scripted br
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import os
@@ -42,6 +43,8 @@ from gateway.demo.journey import (
 )
 from gateway.demo.portal.keys import ensure_client_key, jwks_document, new_client_key
 from gateway.demo.portal.oauth import CLIENT_ASSERTION_TYPE, client_assertion
+from gateway.documents.service import document_trust
+from gateway.documents.verify import verify_file
 from gateway.errors import ConfigError, OAuthError
 from gateway.pki import DevPki
 from gateway.store.sqlite import SqliteStore
@@ -152,6 +155,25 @@ async def test_scopes_decide_which_organisations_are_asked(world: PortalStack) -
         "cak": "niet_opgevraagd",
         "gm0363": "ok",
     }
+
+
+@pytest.mark.parametrize("media_type", ["application/xml", "application/pdf"])
+async def test_certified_documents_for_the_portal(world: PortalStack, media_type: str) -> None:
+    back = await authorize(world, world.other, purpose_id="inzage-avg")
+    key = ec.generate_private_key(ec.SECP256R1())
+    token = await world.other.redeem(
+        world.session, code=back.params["code"], verifier=back.started.pkce.verifier, dpop_key=key
+    )
+    download = await world.other.download(
+        world.session, access_token=token, dpop_key=key, media_type=media_type
+    )
+    assert download.media_type == media_type
+    verdict = await asyncio.to_thread(
+        verify_file, download.body, document_trust(world.stack.settings)
+    )
+    assert verdict.ok, verdict.problems
+    assert verdict.format == media_type.rsplit("/", 1)[1]
+    assert {s.code: s.provenance for s in verdict.sources}["uwv"] == "verified"
 
 
 async def test_metadata_document(world: PortalStack) -> None:
@@ -393,8 +415,10 @@ async def test_dpop_with_an_ed25519_key(world: PortalStack) -> None:
         ("application/json;q=0.2, application/jose;q=0.9", "application/jose"),
         ("application/jose;q=0, application/json", "application/json"),
         ("text/html, application/*;q=0.5", "application/json"),
-        ("application/pdf", None),
-        ("application/xml, text/xml", None),
+        ("application/pdf", "application/pdf"),
+        ("application/xml", "application/xml"),
+        ("text/xml", "application/xml"),
+        ("text/html, image/png", None),
         ("application/json;q=0", None),
     ],
 )

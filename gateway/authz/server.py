@@ -55,7 +55,9 @@ from gateway.authz.proofs import (
     verify_dpop,
 )
 from gateway.authz.registry import CLIENT_KEY_ALGORITHMS, Registry
-from gateway.errors import OAuthError
+from gateway.documents.service import MEDIA_TYPES
+from gateway.documents.web import DOCUMENTS
+from gateway.errors import ConfigError, DocumentUnavailable, OAuthError
 from gateway.jws import b64url
 from gateway.login import Citizen, begin_login, current_citizen
 from gateway.store import Store, StoreUnavailable
@@ -67,12 +69,12 @@ OUTCOMES = web.AppKey("authz_outcomes", Counter)
 REQUEST_URI_PREFIX = "urn:ietf:params:oauth:request_uri:"
 JSON = "application/json"
 JOSE = "application/jose"
+_XML_ALIASES = {"text/xml": "application/xml"}
 _CODE_CHALLENGE = re.compile(r"[A-Za-z0-9_-]{43}")  # base64url SHA-256, unpadded
 _VERIFIER = re.compile(r"[A-Za-z0-9._~-]{43,128}")
 _STATE = re.compile(r"[\x21-\x7e]{8,512}")
 _TX_ID = re.compile(r"[A-Za-z0-9_-]{43}")
 _SENSITIVE_PARAMS = frozenset({"bsn", "burgerservicenummer", "sub"})
-_LATER_FORMATS = ("application/xml", "text/xml", "application/pdf")
 
 PATH_METADATA = "/.well-known/oauth-authorization-server"
 PATH_PAR = "/par"
@@ -645,7 +647,7 @@ def _resource_error(error: OAuthError) -> web.Response:
 
 
 def negotiate(accept: str) -> str:
-    """The media type to answer with: JSON unless the JWS is preferred; 406 for the rest."""
+    """The media type to answer with: JSON by default; JWS, XML or PDF when preferred; else 406."""
     offers: list[tuple[float, int, str]] = []
     for index, item in enumerate(accept.split(",")):
         media, _, params = item.strip().partition(";")
@@ -662,20 +664,16 @@ def negotiate(accept: str) -> str:
     if not accept.strip():
         return JSON
     for _, _, media in sorted(offers):
-        if media in (JSON, "application/*", "*/*"):
+        if media in ("application/*", "*/*"):
             return JSON
-        if media == JOSE:
-            return JOSE
-    wanted = {media for _, _, media in offers}
-    if wanted & set(_LATER_FORMATS):
-        raise OAuthError(
-            "not_acceptable",
-            "XML and PDF come with the certified-documents release; "
-            "ask for application/json or application/jose",
-            406,
-        )
+        media = _XML_ALIASES.get(media, media)
+        if media in MEDIA_TYPES:
+            return media
     raise OAuthError(
-        "not_acceptable", "this endpoint serves application/json and application/jose", 406
+        "not_acceptable",
+        "this endpoint serves application/json, application/jose, application/xml and "
+        "application/pdf",
+        406,
     )
 
 
@@ -733,11 +731,17 @@ async def _bundel(request: web.Request) -> web.StreamResponse:
         selected=selected,
         among=among,
     )
-    if media == JOSE:
-        body, extension = signed.compact_jws.encode(), "jws"
-    else:
-        body, extension = signed.download_json(), "json"
-    response = await release(request, signed, body, media, extension)
+    try:
+        body = await request.app[DOCUMENTS].render(signed, media)
+    except (DocumentUnavailable, ConfigError) as exc:
+        log.error("document not made: %s", exc)
+        return problem(
+            503,
+            "Tijdelijk niet beschikbaar",
+            f"The {MEDIA_TYPES[media].upper()} document cannot be made right now; nothing was "
+            "released. Try again later, or ask for JSON.",
+        )
+    response = await release(request, signed, body, media, MEDIA_TYPES[media])
     response.headers["Vary"] = "Accept"
     return response
 
