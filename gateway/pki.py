@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 KeyType = Literal["ec", "rsa"]
-Usage = Literal["sign", "tls-server", "tls-client"]
+Usage = Literal["sign", "tls-server", "tls-client", "timestamping"]
 
 SEAL_PREFIX = "gateway-seal-"
 _VALIDITY = dt.timedelta(days=825)
@@ -47,6 +47,8 @@ STANDARD_IDENTITIES: tuple[tuple[str, KeyType, Usage], ...] = (
     ("uwv-sign", "rsa", "sign"),
     ("cak-sign", "ec", "sign"),
     ("gemeente-sign", "ec", "sign"),
+    # The development RFC 3161 time-stamping authority (gateway/tsa), never used in production.
+    ("tsa", "ec", "timestamping"),
 )
 STANDARD_SECRETS = ("cak-client-secret",)
 
@@ -185,6 +187,11 @@ class DevPki:
             builder = builder.add_extension(
                 x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
             )
+        if usage == "timestamping":
+            # RFC 3161 §2.3: the TSA certificate has exactly this purpose, marked critical.
+            builder = builder.add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.TIME_STAMPING]), critical=True
+            )
         if usage == "tls-server":
             builder = builder.add_extension(
                 x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
@@ -204,11 +211,11 @@ class DevPki:
 
 
 def _key_usage(usage: Usage, key_type: KeyType) -> x509.KeyUsage:
-    signing = usage == "sign"
+    signing = usage in ("sign", "timestamping")
     return x509.KeyUsage(
         digital_signature=True,
         content_commitment=signing,
-        key_encipherment=(usage != "sign" and key_type == "rsa"),
+        key_encipherment=(not signing and key_type == "rsa"),
         data_encipherment=False,
         key_agreement=False,
         key_cert_sign=False,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Debian packages the test suite uses as independent verifiers; installs only what is missing.
 set -euo pipefail
-packages=(xmlsec1)
+packages=(xmlsec1 openssl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
