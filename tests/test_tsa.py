@@ -28,6 +28,11 @@ from gateway.tsa import (
 from gateway.tsa.server import start_dev_tsa
 
 
+def openssl(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The independent verifier: OpenSSL's own RFC 3161 implementation."""
+    return subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, check=False)
+
+
 @pytest.fixture
 async def tsa_url(pki: DevPki) -> AsyncIterator[str]:
     runner, url = await start_dev_tsa(pki)
@@ -61,23 +66,23 @@ async def test_token_verifies_with_our_client_and_openssl(
     (tmp_path / "resp.tsr").write_bytes(stamp.response)
     (tmp_path / "token.tst").write_bytes(stamp.token)
     for source in (["-in", "resp.tsr"], ["-in", "token.tst", "-token_in"]):
-        result = subprocess.run(
-            ["openssl", "ts", "-verify", "-data", "data", *source, "-CAfile", str(pki.root_cert)],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            check=False,
+        result = openssl(
+            "ts", "-verify", "-data", "data", *source, "-CAfile", str(pki.root_cert), cwd=tmp_path
         )
         assert result.returncode == 0, result.stdout + result.stderr
         assert "Verification: OK" in result.stdout
     # openssl refuses it for other data: the check above can fail.
     (tmp_path / "other").write_bytes(message + b"x")
-    result = subprocess.run(
-        ["openssl", "ts", "-verify", "-data", "other", "-in", "resp.tsr"]
-        + ["-CAfile", str(pki.root_cert)],
+    result = openssl(
+        "ts",
+        "-verify",
+        "-data",
+        "other",
+        "-in",
+        "resp.tsr",
+        "-CAfile",
+        str(pki.root_cert),
         cwd=tmp_path,
-        capture_output=True,
-        check=False,
     )
     assert result.returncode != 0
 
@@ -96,7 +101,7 @@ async def test_wrong_message_wrong_root_or_altered_token_fail(
     # Pinning another TSA certificate (same CA) fails too.
     pinned = TsaTrust(
         trust.roots,
-        x509.load_pem_x509_certificate(Path(stranger.identity("tsa").cert).read_bytes()),
+        TsaTrust.from_files(stranger.identity("tsa").cert).roots[0],
     )
     with pytest.raises(TimestampError):
         verify_timestamp(stamp.response, b"checkpoint", pinned)
@@ -118,12 +123,10 @@ async def test_tsa_rejects_what_it_cannot_sign(
 ) -> None:
     (tmp_path / "data").write_bytes(b"data")
     for options, failure in ((["-sha1"], "bad_alg"), (["-tspolicy", "1.2.3.4"], "policy")):
-        subprocess.run(
-            ["openssl", "ts", "-query", "-data", "data", "-cert", *options, "-out", "q.tsq"],
-            cwd=tmp_path,
-            check=True,
-            capture_output=True,
+        made = openssl(
+            "ts", "-query", "-data", "data", "-cert", *options, "-out", "q.tsq", cwd=tmp_path
         )
+        assert made.returncode == 0, made.stderr
         async with session.post(
             tsa_url,
             data=(tmp_path / "q.tsq").read_bytes(),
@@ -158,7 +161,7 @@ async def test_hostile_or_absent_tsa(
     runner, port = await serve_app(app)
     base = f"http://127.0.0.1:{port}"
     try:
-        with pytest.raises(TimestampError, match="larger than|announces"):
+        with pytest.raises(TimestampError, match=r"larger than|announces"):
             await request_timestamp(session, base + "/huge", b"m", trust)
         with pytest.raises(TimestampError, match="text/html"):
             await request_timestamp(session, base + "/html", b"m", trust)
