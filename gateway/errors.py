@@ -41,3 +41,7 @@ class SchemaViolation(BlauweKnopError):
 
 class VerificationError(BlauweKnopError):
     """A signature, certificate or digest did not verify."""
+
+
+class AuditStreamError(BlauweKnopError):
+    """The audit stream (Kafka) could not be reached, created or read in time."""

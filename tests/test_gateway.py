@@ -237,6 +237,8 @@ async def test_production_mode_has_no_sandbox_route(pki: DevPki, tmp_path: Path)
             "state_dir": str(tmp_path / "state"),
             "signing": {"key": str(seal.key), "chain": str(seal.chain)},
             "audit": {"pseudonym_key_file": str(key_file)},
+            # Unreachable: the relay retries in the background and never blocks a request.
+            "kafka": {"bootstrap_servers": "127.0.0.1:1", "security_protocol": "SSL"},
             "organisations": sandbox_organisation_table(
                 pki, {org: f"https://{org}.invalid" for org in ORGS}
             ),

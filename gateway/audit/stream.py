@@ -1,0 +1,170 @@
+"""Reading the audit topics: from an offset to the current end, or following new records.
+
+The one reader every audit command uses (tail, find, verify, archive, reproduce). It assigns the
+partition itself (no consumer group, nothing committed), so any number of auditors can read at
+once without disturbing each other.
+
+    async with contextlib.aclosing(read_topic(config, EVENTS_TOPIC)) as records:
+        async for record in records:
+            ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from gateway.audit.kafka import client_options
+from gateway.config import KafkaConfig
+from gateway.errors import AuditStreamError
+
+Start = int | Literal["beginning", "end"]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRecord:
+    """One record as Kafka holds it: the value is the producer's bytes, unchanged."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    timestamp_ms: int
+
+    @property
+    def time(self) -> dt.datetime:
+        return dt.datetime.fromtimestamp(self.timestamp_ms / 1000, dt.UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Offsets:
+    """The first offset still held (retention may have removed older ones) and the next one."""
+
+    beginning: int
+    end: int
+
+
+async def topic_offsets(
+    config: KafkaConfig, topic: str, *, partition: int = 0, within: float = 15.0
+) -> Offsets:
+    async with _consumer(config, topic, partition, within) as (consumer, tp):
+        return await _offsets(consumer, tp, within)
+
+
+async def read_topic(
+    config: KafkaConfig,
+    topic: str,
+    *,
+    start: Start = "beginning",
+    stop: int | None = None,
+    follow: bool = False,
+    partition: int = 0,
+    stall_timeout: float = 30.0,
+    max_records: int = 2000,
+) -> AsyncIterator[StreamRecord]:
+    """Records of one partition from `start` up to `stop` (default: the end when called).
+
+    With `follow`, keeps waiting for new records until the caller stops iterating. Without it,
+    raises AuditStreamError if the broker delivers nothing for `stall_timeout` seconds before
+    the end is reached. Offsets that retention removed are skipped: check the first offset.
+    """
+    async with _consumer(config, topic, partition, stall_timeout) as (consumer, tp):
+        offsets = await _offsets(consumer, tp, stall_timeout)
+        if start == "beginning":
+            position = offsets.beginning
+        elif start == "end":
+            position = offsets.end
+        else:
+            position = max(start, offsets.beginning)
+        if stop is None and not follow:
+            stop = offsets.end
+        consumer.seek(tp, position)
+        progress = time.monotonic()
+        while stop is None or position < stop:
+            try:
+                batch = await consumer.getmany(tp, timeout_ms=500, max_records=max_records)
+            except KafkaError as exc:
+                raise AuditStreamError(
+                    f"reading {topic} at offset {position} failed: {exc}"
+                ) from exc
+            messages = batch.get(tp, [])
+            if not messages:
+                if not follow and time.monotonic() - progress > stall_timeout:
+                    raise AuditStreamError(
+                        f"{topic}: no records for {stall_timeout:.0f} s at offset {position} "
+                        f"before the end ({stop}); is the broker answering?"
+                    )
+                continue
+            progress = time.monotonic()
+            for message in messages:
+                if stop is not None and message.offset >= stop:
+                    return
+                yield StreamRecord(
+                    topic=topic,
+                    partition=partition,
+                    offset=message.offset,
+                    key=message.key,
+                    value=message.value if message.value is not None else b"",
+                    timestamp_ms=message.timestamp,
+                )
+            position = messages[-1].offset + 1
+
+
+async def _offsets(consumer: Any, tp: TopicPartition, within: float) -> Offsets:
+    try:
+        beginning = await asyncio.wait_for(consumer.beginning_offsets([tp]), within)
+        end = await asyncio.wait_for(consumer.end_offsets([tp]), within)
+    except (KafkaError, TimeoutError) as exc:
+        raise AuditStreamError(f"the offsets of {tp.topic} could not be read: {exc!r}") from exc
+    return Offsets(int(beginning[tp]), int(end[tp]))
+
+
+@contextlib.asynccontextmanager
+async def _consumer(
+    config: KafkaConfig, topic: str, partition: int, within: float
+) -> AsyncIterator[tuple[Any, TopicPartition]]:
+    # Room for the largest message the relay may publish, plus batch overhead.
+    fetch_bytes = config.max_message_bytes + 64 * 1024
+    consumer = AIOKafkaConsumer(
+        **client_options(config),
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=fetch_bytes,
+        fetch_max_bytes=max(fetch_bytes, 16 * 1024 * 1024),
+    )
+    tp = TopicPartition(topic, partition)
+    try:
+        try:
+            await asyncio.wait_for(consumer.start(), within)
+            partitions = await asyncio.wait_for(_partitions(consumer, topic), within)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            raise AuditStreamError(
+                f"Kafka at {config.bootstrap} could not be reached: {exc!r}; is it running, "
+                "and is [kafka] bootstrap_servers (or --bootstrap-server) right?"
+            ) from exc
+        if partition not in partitions:
+            raise AuditStreamError(
+                f"topic {topic} (partition {partition}) does not exist at {config.bootstrap}"
+            )
+        consumer.assign([tp])
+        yield consumer, tp
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(consumer.stop(), 5)
+
+
+async def _partitions(consumer: Any, topic: str) -> set[int]:
+    if topic not in await consumer.topics():
+        return set()
+    found = consumer.partitions_for_topic(topic)
+    return set(found) if found else set()
