@@ -81,6 +81,29 @@ class KafkaConfig:
         return ",".join(self.bootstrap_servers)
 
 
+# The demo stack's development time-stamping authority (gateway/tsa/server.py).
+DEV_TSA_PORT = 9109
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointConfig:
+    """`[audit]` settings of the Merkle log: who signs checkpoints, who timestamps them, how often.
+
+    Sandbox mode makes the signing key on first use (`state_dir/audit-checkpoint.key`) and uses
+    the demo stack's development TSA; production configures every file and the TSA's URL.
+    """
+
+    origin: str | None = None  # default: "<gateway OIN>/blauweknop/audit"
+    key_file: Path | None = None  # Ed25519 private key, PKCS#8 PEM (the checkpointer only)
+    verifier_key: str | None = None  # "<name>+<key id>+<base64 key>" (auditors)
+    tsa_url: str | None = None
+    tsa_ca_file: Path | None = None  # the TSA's CA certificate(s), PEM
+    tsa_cert_file: Path | None = None  # optional: pin the TSA's own certificate
+    every_events: int = 1000
+    every_seconds: float = 10.0
+    group_id: str = "blauweknop-checkpointer"
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     mode: Mode = "sandbox"
@@ -94,6 +117,9 @@ class Settings:
     organisations: tuple[OrganisationConfig, ...] = ()
     signing: SigningConfig | None = None
     pseudonym_key_file: Path | None = None
+    # The archivist's X25519 public key (PEM); the private key never comes near the gateway.
+    archive_public_key_file: Path | None = None
+    checkpoints: CheckpointConfig = field(default_factory=CheckpointConfig)
     kafka: KafkaConfig | None = None
     # Benchmarks only: bundles go out without audit events. Refused outside sandbox mode.
     audit_disabled_for_benchmark: bool = False
@@ -202,7 +228,13 @@ def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
         pseudonym_key_file=(
             Path(_str(audit, "pseudonym_key_file")) if "pseudonym_key_file" in audit else None
         ),
+        archive_public_key_file=(
+            Path(_str(audit, "archive_public_key_file"))
+            if "archive_public_key_file" in audit
+            else None
+        ),
         kafka=kafka_config(_table(data, "kafka")),
+        checkpoints=checkpoint_config(audit),
         audit_disabled_for_benchmark=_bool(audit, "disabled_for_benchmark", False),
         log_level=_str(data, "log_level", "INFO"),
         sandbox_host=sandbox_host,
@@ -266,6 +298,33 @@ def kafka_config(table: Mapping[str, Any]) -> KafkaConfig | None:
         raise ConfigError("[kafka] relay_batch must be between 1 and 10000")
     if config.max_message_bytes < 64 * 1024:
         raise ConfigError("[kafka] max_message_bytes must be at least 65536")
+    return config
+
+
+def checkpoint_config(audit: Mapping[str, Any]) -> CheckpointConfig:
+    """The Merkle-log settings of `[audit]`: checkpoint_*, tsa_*."""
+
+    def path(key: str) -> Path | None:
+        value = audit.get(key)
+        return Path(str(value)) if value else None
+
+    config = CheckpointConfig(
+        origin=str(audit["origin"]) if audit.get("origin") else None,
+        key_file=path("checkpoint_key_file"),
+        verifier_key=(
+            str(audit["checkpoint_verifier_key"]) if audit.get("checkpoint_verifier_key") else None
+        ),
+        tsa_url=str(audit["tsa_url"]) if audit.get("tsa_url") else None,
+        tsa_ca_file=path("tsa_ca_file"),
+        tsa_cert_file=path("tsa_cert_file"),
+        every_events=_int(audit, "checkpoint_every_events", 1000),
+        every_seconds=_float(audit, "checkpoint_every_seconds", 10.0),
+        group_id=_str(audit, "checkpointer_group", "blauweknop-checkpointer"),
+    )
+    if not 1 <= config.every_events <= 100_000:
+        raise ConfigError("[audit] checkpoint_every_events must be between 1 and 100000")
+    if not 0.1 <= config.every_seconds <= 3600:
+        raise ConfigError("[audit] checkpoint_every_seconds must be between 0.1 and 3600")
     return config
 
 
@@ -368,6 +427,11 @@ def _check_production(settings: Settings) -> None:
             raise ConfigError(
                 f"[organisations.{org.connector}] url must use https in production mode"
             )
+    if settings.archive_public_key_file is None:
+        raise ConfigError(
+            "production mode needs [audit] archive_public_key_file: the archivist's X25519 "
+            "public key (PEM) to which every issued document is archived encrypted"
+        )
     if settings.audit_disabled_for_benchmark:
         raise ConfigError(
             "[audit] disabled_for_benchmark exists only for sandbox benchmarks; "
