@@ -250,6 +250,20 @@ def test_every_consistency_proof_verifies_and_every_alteration_fails(
         )
 
 
+def test_truncate_undoes_appends() -> None:
+    tree = MerkleTree(leaf_hash(x) for x in LEAVES[:5])
+    for x in LEAVES[5:]:
+        tree.append(x)
+    tree.truncate(5)
+    assert tree.size == 5
+    assert tree.root() == ROOTS[5]
+    for x in LEAVES[5:]:
+        tree.append(x)
+    assert tree.root() == ROOTS[8]
+    tree.truncate(0)
+    assert tree.root() == ROOTS[0]
+
+
 def test_building_is_linear_and_fast() -> None:
     entries = [i.to_bytes(8, "big") * 40 for i in range(100_000)]
     started = time.perf_counter()

@@ -161,7 +161,7 @@ def _rejection(failure: str, text: str) -> bytes:
         {"status": "rejection", "status_string": [text], "fail_info": {failure}}
     )
     # asn1crypto's TimeStampResp insists on a token; a rejection is SEQUENCE { status } alone.
-    body = status.dump()
+    body: bytes = status.dump()
     return b"\x30" + _der_length(len(body)) + body
 
 

@@ -119,6 +119,14 @@ class MerkleTree:
         self.size = index + 1
         return index
 
+    def truncate(self, size: int) -> None:
+        """Forget every leaf from `size` on (undo appends that turned out to be wrong)."""
+        if not 0 <= size <= self.size:
+            raise IndexError(f"cannot truncate a tree of {self.size} to {size}")
+        for level, hashes in enumerate(self._levels):
+            del hashes[(size >> level) * HASH_SIZE :]
+        self.size = size
+
     def leaf_hash(self, index: int) -> bytes:
         if not 0 <= index < self.size:
             raise IndexError(f"leaf {index} is outside a tree of {self.size}")

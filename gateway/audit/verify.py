@@ -1,0 +1,536 @@
+"""`blauweknop audit verify`: recompute the Merkle log from the topics and check every checkpoint.
+
+1. Every record on the checkpoints topic must be a well-formed `CheckpointRecord` whose note is
+   signed by the configured checkpoint key for the configured origin, whose RFC 3161
+   time-stamp over the note text verifies against the configured TSA, and whose leaf hashes,
+   appended to those of the checkpoints before it, reproduce its signed root. Only such
+   checkpoints count; their leaf hashes are then authenticated (a root commits to every leaf).
+2. Every record on the events topic is leaf `offset`. Its hash is compared with the
+   authenticated leaf hashes; where they differ, a sequence alignment names each event that
+   was altered, removed, inserted/duplicated or reordered, by its offset.
+3. Event ids: the same id twice with identical bytes is an at-least-once redelivery
+   (information); the same id with different bytes is a problem.
+4. With `--since`, the auditor's own old checkpoint must be consistent with the newest
+   (RFC 9162 consistency proof), so history before it cannot have been rewritten; events are
+   then read from the old checkpoint's size on.
+
+`LogVerifier` is the synchronous core (fed record by record, no I/O); `verify_log` reads the
+topics with the shared reader (`gateway.audit.stream`) and feeds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import difflib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+import orjson
+
+from gateway.audit import CHECKPOINTS_TOPIC, EVENTS_TOPIC
+from gateway.audit._internal.merkle import (
+    HASH_SIZE,
+    MerkleTree,
+    ProofError,
+    leaf_hash,
+    verify_consistency,
+)
+from gateway.audit.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    CheckpointRecord,
+    NoteVerifier,
+    split_note,
+    verify_checkpoint_note,
+)
+from gateway.audit.stream import read_topic
+from gateway.config import KafkaConfig
+from gateway.tsa import TimestampError, TsaTrust, verify_timestamp
+
+Severity = Literal["problem", "info"]
+MAX_EVENT_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    severity: Severity
+    topic: str
+    offset: int | None
+    kind: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.topic}@{self.offset}" if self.offset is not None else self.topic
+        return f"{self.severity.upper():7} {self.kind:12} {where}: {self.message}"
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedCheckpoint:
+    offset: int
+    checkpoint: Checkpoint
+    note: str
+    timestamp: bytes
+    time: str
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    findings: tuple[Finding, ...]
+    events: int
+    checkpoints: tuple[VerifiedCheckpoint, ...]
+    covered: int
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not any(f.severity == "problem" for f in self.findings)
+
+    @property
+    def problems(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "problem"]
+
+    def summary(self) -> str:
+        rate = f", {self.events / self.seconds:,.0f} events/s" if self.seconds else ""
+        newest = self.checkpoints[-1].checkpoint if self.checkpoints else None
+        head = f"newest checkpoint: tree size {newest.size}" if newest else "no valid checkpoint"
+        verdict = "OK" if self.ok else f"FAILED: {len(self.problems)} problem(s)"
+        return (
+            f"{verdict} — {self.events} events read, {len(self.checkpoints)} valid "
+            f"checkpoints, {head}, {self.covered} events covered{rate}"
+        )
+
+
+@dataclass
+class LogVerifier:
+    origin: str
+    verifier: NoteVerifier
+    trust: TsaTrust
+    events_topic: str = EVENTS_TOPIC
+    checkpoints_topic: str = CHECKPOINTS_TOPIC
+    findings: list[Finding] = field(default_factory=list)
+    # Authenticated leaf hashes (from valid checkpoints) and the tree of the topic as read.
+    published: MerkleTree = field(default_factory=MerkleTree)
+    observed: MerkleTree = field(default_factory=MerkleTree)
+    checkpoints: list[VerifiedCheckpoint] = field(default_factory=list)
+    # Checkpoints that verify but whose leaf hashes cannot be placed (a gap before them).
+    unanchored: list[Checkpoint] = field(default_factory=list)
+    _ids: dict[str, int] = field(default_factory=dict)
+    _events_read: int = 0
+    _first_event_offset: int = 0
+
+    def _find(
+        self, severity: Severity, topic: str, offset: int | None, kind: str, message: str
+    ) -> None:
+        self.findings.append(Finding(severity, topic, offset, kind, message))
+
+    # --- checkpoints -------------------------------------------------------------------------
+
+    def add_checkpoint(self, offset: int, value: bytes) -> None:
+        topic = self.checkpoints_topic
+        try:
+            record = CheckpointRecord.parse(value)
+            checkpoint = verify_checkpoint_note(record.note, self.verifier, self.origin)
+        except CheckpointError as exc:
+            self._find("problem", topic, offset, "signature", f"checkpoint rejected: {exc}")
+            return
+        try:
+            stamp = verify_timestamp(record.timestamp, record.text.encode(), self.trust)
+        except TimestampError as exc:
+            self._find(
+                "problem",
+                topic,
+                offset,
+                "timestamp",
+                f"checkpoint of tree size {checkpoint.size}: its RFC 3161 time-stamp is not "
+                f"valid: {exc}",
+            )
+            return
+        known = self.published.size
+        hashes = record.leaf_hashes
+        if record.first_leaf > known:
+            self._find(
+                "problem",
+                topic,
+                offset,
+                "gap",
+                f"checkpoint of tree size {checkpoint.size} starts at leaf {record.first_leaf}, "
+                f"but the checkpoints before it end at {known}: checkpoint records are missing",
+            )
+            self.unanchored.append(checkpoint)
+            return
+        overlap_end = min(known, checkpoint.size)
+        if overlap_end > record.first_leaf:
+            mine = hashes[: (overlap_end - record.first_leaf) * HASH_SIZE]
+            if mine != self.published.leaf_hashes(record.first_leaf, overlap_end):
+                self._find(
+                    "problem",
+                    topic,
+                    offset,
+                    "fork",
+                    f"checkpoint of tree size {checkpoint.size} disagrees with earlier "
+                    f"checkpoints about leaves [{record.first_leaf}, {overlap_end})",
+                )
+                return
+        if checkpoint.size <= known:
+            if self.published.root(checkpoint.size) != checkpoint.root:
+                self._find(
+                    "problem",
+                    topic,
+                    offset,
+                    "fork",
+                    f"checkpoint of tree size {checkpoint.size} has a root that differs from "
+                    "the tree of the earlier checkpoints: two histories were signed",
+                )
+                return
+        else:
+            start = (known - record.first_leaf) * HASH_SIZE
+            for i in range(start, len(hashes), HASH_SIZE):
+                self.published.append_hash(hashes[i : i + HASH_SIZE])
+            if self.published.root() != checkpoint.root:
+                self.published.truncate(known)
+                self._find(
+                    "problem",
+                    topic,
+                    offset,
+                    "leaf-hashes",
+                    f"the leaf hashes published with checkpoint {checkpoint.size} do not "
+                    "reproduce its signed root",
+                )
+                return
+        self.checkpoints.append(
+            VerifiedCheckpoint(
+                offset, checkpoint, record.note, record.timestamp, stamp.time.isoformat()
+            )
+        )
+
+    # --- --since -----------------------------------------------------------------------------
+
+    def check_since(self, note: str) -> Checkpoint | None:
+        """Check the auditor's old checkpoint against the newest; None if it cannot be used."""
+        try:
+            old = verify_checkpoint_note(note, self.verifier, self.origin)
+        except CheckpointError as exc:
+            self._find("problem", "--since", None, "signature", f"your checkpoint: {exc}")
+            return None
+        newest = self.published.size
+        if old.size > newest:
+            self._find(
+                "problem",
+                "--since",
+                None,
+                "rollback",
+                f"your checkpoint has tree size {old.size}, but the log's newest valid "
+                f"checkpoint has only {newest}: checkpoints or events were removed",
+            )
+            return None
+        proof = self.published.consistency_proof(old.size, newest)
+        try:
+            verify_consistency(old.size, newest, old.root, self.published.root(), proof)
+        except ProofError as exc:
+            self._find(
+                "problem",
+                "--since",
+                None,
+                "consistency",
+                f"the log is NOT consistent with your checkpoint of tree size {old.size}: "
+                f"history before it was rewritten ({exc})",
+            )
+            return None
+        self._find(
+            "info",
+            "--since",
+            None,
+            "consistency",
+            f"consistency proof from your checkpoint (tree size {old.size}) to the newest "
+            f"({newest}) verifies ({len(proof)} hashes)",
+        )
+        return old
+
+    def start_events_at(self, size: int) -> None:
+        """Take leaves [0, size) from the authenticated hashes (after a verified --since)."""
+        self.observed = MerkleTree()
+        hashes = self.published.leaf_hashes(0, size)
+        for i in range(0, len(hashes), HASH_SIZE):
+            self.observed.append_hash(hashes[i : i + HASH_SIZE])
+        self._first_event_offset = size
+
+    # --- events ------------------------------------------------------------------------------
+
+    def add_event(self, offset: int, value: bytes) -> None:
+        topic = self.events_topic
+        index = self.observed.size
+        if offset != index:
+            self._find(
+                "problem",
+                topic,
+                offset,
+                "offsets",
+                f"expected offset {index} next, the topic delivered {offset}: offsets "
+                f"[{index}, {offset}) are missing",
+            )
+        self._events_read += 1
+        hashed = leaf_hash(value)
+        self.observed.append_hash(hashed)
+        event_id = _event_id(value)
+        if event_id is None:
+            self._find(
+                "problem", topic, offset, "malformed", "not a CloudEvents JSON object with an id"
+            )
+            return
+        first = self._ids.get(event_id)
+        if first is None:
+            self._ids[event_id] = index
+        elif self.observed.leaf_hash(first) == hashed:
+            self._find(
+                "info",
+                topic,
+                offset,
+                "redelivery",
+                f"event {event_id} again, identical to offset {first} (at-least-once delivery)",
+            )
+        else:
+            self._find(
+                "problem",
+                topic,
+                offset,
+                "conflict",
+                f"event id {event_id} was first seen at offset {first} with different bytes",
+            )
+
+    # --- the verdict -------------------------------------------------------------------------
+
+    def finish(self, seconds: float = 0.0) -> VerifyReport:
+        covered = self.published.size
+        observed = self.observed.size
+        if covered == 0 and observed > 0 and not self.unanchored:
+            self._find(
+                "problem",
+                self.checkpoints_topic,
+                None,
+                "uncovered",
+                f"no valid checkpoint covers any of the {observed} events",
+            )
+        elif covered:
+            self._compare(covered)
+        for cp in self.unanchored:
+            if cp.size <= observed and self.observed.root(cp.size) != cp.root:
+                self._find(
+                    "problem",
+                    self.events_topic,
+                    None,
+                    "root",
+                    f"the events do not reproduce the root of checkpoint {cp.size} (its leaf "
+                    "hashes are missing, so the changed events cannot be named)",
+                )
+        return VerifyReport(
+            tuple(self.findings), self._events_read, tuple(self.checkpoints), covered, seconds
+        )
+
+    def _compare(self, covered: int) -> None:
+        observed = self.observed.size
+        expected_bytes = self.published.leaf_hashes()
+        observed_bytes = self.observed.leaf_hashes(0, min(observed, covered))
+        if observed >= covered and expected_bytes == observed_bytes:
+            if observed > covered:
+                self._find(
+                    "info",
+                    self.events_topic,
+                    covered,
+                    "uncovered",
+                    f"{observed - covered} newer events (offsets {covered}-{observed - 1}) are "
+                    "not yet covered by a checkpoint",
+                )
+            return
+        first = _first_difference(expected_bytes, observed_bytes)
+        expected = _split(expected_bytes[first * HASH_SIZE :])
+        actual = _split(self.observed.leaf_hashes(first, observed))
+        self._name_differences(first, expected, actual)
+
+    def _name_differences(self, first: int, expected: list[bytes], actual: list[bytes]) -> None:
+        topic = self.events_topic
+        matcher = difflib.SequenceMatcher(None, expected, actual, autojunk=False)
+        opcodes = matcher.get_opcodes()
+        # Trailing observed events after the last checkpointed one are merely not covered yet.
+        trailing_from: int | None = None
+        if opcodes and opcodes[-1][0] == "insert" and opcodes[-1][1] == len(expected):
+            trailing_from = opcodes[-1][3]
+            opcodes = opcodes[:-1]
+        missing: dict[bytes, int] = {}  # expected leaf hash -> expected offset
+        extra: dict[bytes, int] = {}  # observed leaf hash -> observed offset
+        altered: list[tuple[int, int]] = []
+        for tag, a1, a2, b1, b2 in opcodes:
+            if tag == "equal":
+                continue
+            pairs = min(a2 - a1, b2 - b1) if tag == "replace" else 0
+            for k in range(pairs):
+                altered.append((first + a1 + k, first + b1 + k))
+            for a in range(a1 + pairs, a2):
+                missing.setdefault(expected[a], first + a)
+            for b in range(b1 + pairs, b2):
+                extra.setdefault(actual[b], first + b)
+        # A leaf hash that the checkpoints expect elsewhere: the event was moved (reordered).
+        replaced_expected = {expected[e - first]: e for e, _ in altered}
+        for exp_off, obs_off in altered:
+            h_exp, h_obs = expected[exp_off - first], actual[obs_off - first]
+            origin = missing.pop(h_obs, None)
+            if origin is None and h_obs in replaced_expected:
+                origin = replaced_expected[h_obs]
+            if origin is not None:
+                self._find(
+                    "problem",
+                    topic,
+                    obs_off,
+                    "reordered",
+                    f"holds the event the checkpoints record at offset {origin}",
+                )
+            else:
+                self._find(
+                    "problem", topic, obs_off, "altered", self._altered_message(h_exp, h_obs)
+                )
+        for h_obs, obs_off in sorted(extra.items(), key=lambda item: item[1]):
+            if h_obs in missing:
+                self._find(
+                    "problem",
+                    topic,
+                    obs_off,
+                    "reordered",
+                    f"holds the event the checkpoints record at offset {missing.pop(h_obs)}",
+                )
+                continue
+            copy_of = self._earlier_copy(h_obs, obs_off)
+            if copy_of is not None:
+                self._find(
+                    "problem",
+                    topic,
+                    obs_off,
+                    "duplicated",
+                    f"a copy of offset {copy_of} that the checkpoints do not contain here",
+                )
+            else:
+                self._find(
+                    "problem",
+                    topic,
+                    obs_off,
+                    "inserted",
+                    "an event that no checkpoint contains",
+                )
+        for h_exp, exp_off in sorted(missing.items(), key=lambda item: item[1]):
+            self._find(
+                "problem",
+                topic,
+                exp_off,
+                "removed",
+                f"the event the checkpoints record at offset {exp_off} (leaf hash "
+                f"{h_exp.hex()[:16]}…) is missing from the topic",
+            )
+        if trailing_from is not None:
+            start = first + trailing_from
+            self._find(
+                "info",
+                topic,
+                start,
+                "uncovered",
+                f"{self.observed.size - start} newer events (from offset {start}) are not yet "
+                "covered by a checkpoint",
+            )
+
+    @staticmethod
+    def _altered_message(expected: bytes, actual: bytes) -> str:
+        return (
+            f"differs from the checkpointed event (leaf hash {actual.hex()[:16]}…, the "
+            f"checkpoints say {expected.hex()[:16]}…)"
+        )
+
+    def _earlier_copy(self, hashed: bytes, offset: int) -> int | None:
+        hashes = self.observed.leaf_hashes(0, offset)
+        position = hashes.find(hashed)
+        while position >= 0:
+            if position % HASH_SIZE == 0:
+                return position // HASH_SIZE
+            position = hashes.find(hashed, position + 1)
+        return None
+
+
+def _split(hashes: bytes) -> list[bytes]:
+    return [hashes[i : i + HASH_SIZE] for i in range(0, len(hashes), HASH_SIZE)]
+
+
+def _first_difference(a: bytes, b: bytes) -> int:
+    """The first leaf index where two concatenations of leaf hashes differ."""
+    lo, hi = 0, min(len(a), len(b)) // HASH_SIZE
+    if a[: hi * HASH_SIZE] == b[: hi * HASH_SIZE]:
+        return hi
+    while hi - lo > 1:  # invariant: prefix [0, lo) equal, prefix [0, hi) not
+        mid = (lo + hi) // 2
+        if a[: mid * HASH_SIZE] == b[: mid * HASH_SIZE]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def _event_id(value: bytes) -> str | None:
+    if len(value) > MAX_EVENT_BYTES:
+        return None
+    try:
+        event = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(event, dict):
+        return None
+    event_id = event.get("id")
+    return event_id if isinstance(event_id, str) and 0 < len(event_id) <= 200 else None
+
+
+async def verify_log(
+    kafka: KafkaConfig,
+    *,
+    origin: str,
+    verifier: NoteVerifier,
+    trust: TsaTrust,
+    since_note: str | None = None,
+    events_topic: str = EVENTS_TOPIC,
+    checkpoints_topic: str = CHECKPOINTS_TOPIC,
+) -> VerifyReport:
+    """Read both topics (checkpoints first, so every checkpoint's events exist) and verify."""
+    started = time.perf_counter()
+    core = LogVerifier(origin, verifier, trust, events_topic, checkpoints_topic)
+    async with contextlib.aclosing(read_topic(kafka, checkpoints_topic)) as records:
+        async for record in records:
+            core.add_checkpoint(record.offset, record.value)
+    start = 0
+    if since_note is not None:
+        old = core.check_since(since_note)
+        if old is not None:
+            core.start_events_at(old.size)
+            start = old.size
+    async with contextlib.aclosing(
+        read_topic(kafka, events_topic, start=start, max_records=10_000)
+    ) as events:
+        async for record in events:
+            core.add_event(record.offset, record.value)
+    # The alignment can be heavy for a badly damaged log: keep the loop free.
+    return await asyncio.to_thread(core.finish, time.perf_counter() - started)
+
+
+def read_since_file(text: str) -> str:
+    """The auditor's kept checkpoint: a signed note, or a checkpoint record / proof JSON."""
+    stripped = text.lstrip()
+    if stripped.startswith("{"):
+        try:
+            data = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            raise CheckpointError(f"the checkpoint file is not valid JSON: {exc}") from exc
+        note = data.get("checkpoint") if isinstance(data, dict) else None
+        if not isinstance(note, str):
+            raise CheckpointError("the checkpoint file's JSON has no 'checkpoint' note")
+        text = note
+    split_note(text)
+    return text
+
+
+def findings_by_kind(report: VerifyReport, kind: str) -> Iterator[Finding]:
+    return (f for f in report.findings if f.kind == kind)

@@ -1,0 +1,258 @@
+"""The Merkle log end to end: a real broker, the real checkpointer, the development TSA over HTTP.
+
+Tampering is done the way an attacker with broker access would: a copy of the topics on the
+same broker, produced again with one event altered, removed, duplicated or reordered, and
+`audit verify` pointed at the copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from gateway.audit import CHECKPOINTS_TOPIC, EVENTS_TOPIC
+from gateway.audit.broker import EmbeddedBroker, create_topics
+from gateway.audit.checkpoint import CheckpointRecord, NoteSigner
+from gateway.audit.checkpointer import Checkpointer, CheckpointerSettings
+from gateway.audit.kafka import producer_options
+from gateway.audit.stream import read_topic
+from gateway.audit.verify import VerifyReport, verify_log
+from gateway.pki import DevPki
+from gateway.tsa import TsaTrust
+from gateway.tsa.server import start_dev_tsa
+
+ORIGIN = "00000099000000099000/blauweknop/audit"
+
+
+def event(i: int, tx: str | None = None) -> bytes:
+    return orjson.dumps(
+        {
+            "specversion": "1.0",
+            "id": str(uuid.uuid4()),
+            "source": "urn:oin:00000099000000099000:blauweknop-gateway",
+            "type": "nl.blauweknop.audit.test.v1",
+            "transactieid": tx or f"tx-{i // 3}",
+            "data": {"n": i},
+        }
+    )
+
+
+async def produce(broker: EmbeddedBroker, topic: str, values: Sequence[bytes]) -> None:
+    producer = AIOKafkaProducer(**producer_options(broker.kafka_config()))
+    await producer.start()
+    try:
+        for value in values:
+            tx = orjson.loads(value).get("transactieid", "x") if value[:1] == b"{" else "x"
+            await producer.send(topic, value=value, key=str(tx).encode(), partition=0)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def read_all(broker: EmbeddedBroker, topic: str) -> list[bytes]:
+    async with contextlib.aclosing(read_topic(broker.kafka_config(), topic)) as records:
+        return [r.value async for r in records]
+
+
+async def eventually(check: Callable[[], bool], within: float = 20.0) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+@dataclass
+class Log:
+    broker: EmbeddedBroker
+    signer: NoteSigner
+    trust: TsaTrust
+    tsa_url: str
+    pki: DevPki
+
+    def settings(self, **overrides: object) -> CheckpointerSettings:
+        base: dict[str, object] = {
+            "kafka": self.broker.kafka_config(),
+            "origin": ORIGIN,
+            "signer": self.signer,
+            "tsa_url": self.tsa_url,
+            "tsa_trust": self.trust,
+            "every_events": 40,
+            "every_seconds": 0.3,
+            "session_timeout_seconds": 6.0,
+            # A group of its own per run: Tansu is slow to let a stopped member go, and a
+            # restart does not depend on the group (test_one_checkpointer_at_a_time does).
+            "group_id": f"checkpointer-{uuid.uuid4()}",
+        }
+        base.update(overrides)
+        return CheckpointerSettings(**base)  # type: ignore[arg-type]
+
+    @contextlib.asynccontextmanager
+    async def checkpointer(self, **overrides: object) -> AsyncIterator[Checkpointer]:
+        made = Checkpointer(self.settings(**overrides))
+        stop = asyncio.Event()
+        task = asyncio.create_task(made.run(stop))
+        try:
+            yield made
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 15)
+
+    async def checkpoint_all(self, **overrides: object) -> list[int]:
+        """Run a checkpointer until the whole events topic is covered; the published sizes."""
+        total = len(await read_all(self.broker, overrides.get("events_topic", EVENTS_TOPIC)))  # type: ignore[arg-type]
+        async with self.checkpointer(**overrides) as made:
+            await eventually(lambda: bool(made.published) and made.published[-1].size == total)
+        return [c.size for c in made.published]
+
+    async def verify(self, **kwargs: object) -> VerifyReport:
+        return await verify_log(
+            self.broker.kafka_config(),
+            origin=ORIGIN,
+            verifier=self.signer.verifier,
+            trust=self.trust,
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    async def copy(self, name: str, edit: Callable[[list[bytes]], list[bytes]]) -> dict[str, str]:
+        """Copies of both topics on the same broker, the events passed through `edit`."""
+        topics = {"events_topic": f"{name}.events", "checkpoints_topic": f"{name}.checkpoints"}
+        await create_topics(self.broker.kafka_config(), tuple(topics.values()))
+        await produce(
+            self.broker, topics["events_topic"], edit(await read_all(self.broker, EVENTS_TOPIC))
+        )
+        await produce(
+            self.broker, topics["checkpoints_topic"], await read_all(self.broker, CHECKPOINTS_TOPIC)
+        )
+        return topics
+
+
+@pytest.fixture
+async def log(broker: EmbeddedBroker, pki: DevPki) -> AsyncIterator[Log]:
+    runner, url = await start_dev_tsa(pki)
+    signer = NoteSigner(ORIGIN, ed25519.Ed25519PrivateKey.generate())
+    yield Log(broker, signer, TsaTrust.from_files(pki.root_cert), url, pki)
+    await runner.cleanup()
+
+
+def kinds(report: VerifyReport) -> set[tuple[str, int | None]]:
+    return {(f.kind, f.offset) for f in report.problems}
+
+
+async def test_checkpoints_cover_the_log_and_verify_passes(log: Log) -> None:
+    values = [event(i) for i in range(100)]
+    await produce(log.broker, EVENTS_TOPIC, values)
+    async with log.checkpointer() as made:
+        await eventually(lambda: bool(made.published) and made.published[-1].size == 100)
+        assert [c.size for c in made.published] == [40, 80, 100]
+        # An identical redelivery (at-least-once relay) and new events are covered next.
+        await produce(log.broker, EVENTS_TOPIC, [values[5], event(100)])
+        await eventually(lambda: made.published[-1].size == 102)
+        count = len(made.published)
+        await asyncio.sleep(0.8)  # > every_seconds: still no checkpoint for an unchanged tree
+        assert len(made.published) == count
+    records = [CheckpointRecord.parse(v) for v in await read_all(log.broker, CHECKPOINTS_TOPIC)]
+    assert [(r.first_leaf, len(r.leaf_hashes) // 32) for r in records] == [
+        (0, 40),
+        (40, 40),
+        (80, 20),
+        (100, 2),
+    ]
+    report = await log.verify()
+    assert report.ok, report.problems
+    assert report.covered == 102
+    assert [(f.kind, f.offset) for f in report.findings] == [("redelivery", 100)]
+
+    # A restarted checkpointer rebuilds from offset 0 and continues after the last checkpoint.
+    await produce(log.broker, EVENTS_TOPIC, [event(i) for i in range(102, 110)])
+    assert await log.checkpoint_all() == [110]
+    assert (await log.verify()).ok
+
+
+async def test_verify_names_each_kind_of_tampering(log: Log) -> None:
+    await produce(log.broker, EVENTS_TOPIC, [event(i) for i in range(90)])
+    await log.checkpoint_all()
+    assert (await log.verify()).ok
+
+    def altered(v: list[bytes]) -> list[bytes]:
+        return [*v[:17], v[17].replace(b'"n":17', b'"n":71'), *v[18:]]
+
+    def removed(v: list[bytes]) -> list[bytes]:
+        return v[:17] + v[18:]
+
+    def duplicated(v: list[bytes]) -> list[bytes]:
+        return [*v[:18], v[17], *v[18:]]
+
+    def reordered(v: list[bytes]) -> list[bytes]:
+        return [*v[:17], v[18], v[17], *v[19:]]
+
+    expected = {
+        "altered": {("altered", 17)},
+        "removed": {("removed", 17)},
+        "duplicated": {("duplicated", 18)},
+        "reordered": {("reordered", 17)},
+    }
+    for edit in (altered, removed, duplicated, reordered):
+        topics = await log.copy(edit.__name__, edit)
+        report = await log.verify(**topics)
+        assert not report.ok, edit.__name__
+        assert kinds(report) == expected[edit.__name__], (edit.__name__, report.problems)
+
+    # The untouched copy passes: the checks above are about the edits, not the copying.
+    untouched = await log.copy("untouched", lambda v: v)
+    assert (await log.verify(**untouched)).ok
+
+
+async def test_bad_checkpoints_and_conflicting_ids_fail(log: Log, tmp_path: object) -> None:
+    values = [event(i) for i in range(30)]
+    await produce(log.broker, EVENTS_TOPIC, values)
+    await log.checkpoint_all(every_events=10)
+    good = await read_all(log.broker, CHECKPOINTS_TOPIC)
+
+    # A checkpoint signed by another key.
+    forger = NoteSigner(ORIGIN, ed25519.Ed25519PrivateKey.generate())
+    record = CheckpointRecord.parse(good[1])
+    forged = CheckpointRecord(forger.sign(record.text), record.timestamp, 10, record.leaf_hashes)
+    topics = await log.copy("badsig", lambda v: v)
+    await produce(log.broker, topics["checkpoints_topic"], [forged.to_json()])
+    report = await log.verify(**topics)
+    assert ("signature", 3) in kinds(report)
+
+    # A correctly signed checkpoint whose time-stamp is for other bytes.
+    other = CheckpointRecord.parse(good[0])
+    swapped = CheckpointRecord(record.note, other.timestamp, 10, record.leaf_hashes)
+    topics = await log.copy("badtime", lambda v: v)
+    await produce(log.broker, topics["checkpoints_topic"], [swapped.to_json()])
+    report = await log.verify(**topics)
+    assert ("timestamp", 3) in kinds(report)
+
+    # A time-stamp by a TSA that does not chain to the configured CA.
+    stranger = DevPki(log.pki.directory.parent / "stranger-pki")
+    runner, url = await start_dev_tsa(stranger)
+    try:
+        async with log.checkpointer(
+            tsa_url=url,
+            tsa_trust=TsaTrust.from_files(stranger.root_cert),
+            checkpoints_topic="strangers.checkpoints",
+            every_events=30,
+        ) as made:
+            await create_topics(log.broker.kafka_config(), ("strangers.checkpoints",))
+            await eventually(lambda: bool(made.published))
+    finally:
+        await runner.cleanup()
+    report = await log.verify(checkpoints_topic="strangers.checkpoints")
+    assert ("timestamp", 0) in kinds(report)
+
+    # The same event id with different bytes.
+    await produce(log.broker, EVENTS_TOPIC, [values[3].replace(b'"n":3', b'"n":4')])
+    await log.checkpoint_all(every_events=10)
+    report = await log.verify()
+    assert kinds(report) == {("conflict", 30)}
