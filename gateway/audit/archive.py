@@ -445,6 +445,8 @@ def reproduce(
     transactie_id: str,
     key: ArchivistPrivateKey,
     trust: Trust,
+    *,
+    scanned: int | None = None,
 ) -> Reproduction:
     """The byte-exact documents of one transaction, with every hash and signature checked.
 
@@ -459,9 +461,9 @@ def reproduce(
     archived: dict[str, tuple[int, SealedDocument]] = {}
     issued: tuple[int, dict[str, Any]] | None = None
     notes: list[str] = []
-    scanned = 0
+    count = 0
     for stored in events:
-        scanned += 1
+        count += 1
         if stored.key is not None and stored.key != wanted:
             continue
         if stored.key is None and wanted not in stored.value:
@@ -500,7 +502,8 @@ def reproduce(
             issued = (stored.offset, event)
     if issued is None and not archived:
         raise ArchiveError(
-            f"no events of transaction {transactie_id} among the {scanned} read; check the id "
+            f"no events of transaction {transactie_id} among the {scanned or count} read; "
+            "check the id "
             "(the X-Transactie-Id of the download) and that the stream still holds that day"
         )
     if issued is None:
