@@ -560,9 +560,11 @@ async def run_archiver(
         t: asyncio.Queue(maxsize=batch) for t in topics
     }
     caught_up: dict[str, bool] = {}
+    ends: dict[str, int] = {}
     for topic in topics:
         offsets = await topic_offsets(config, topic)
         start = writer.start_offset(topic)
+        ends[topic] = offsets.end
         caught_up[topic] = (offsets.beginning if start is None else start) >= offsets.end
 
     async def pump(topic: str, end: int) -> None:
@@ -577,7 +579,6 @@ async def run_archiver(
         await queues[topic].put(None)
         arrived.set()
 
-    ends = {t: (await topic_offsets(config, t)).end for t in topics}
     readers = [asyncio.create_task(pump(t, ends[t])) for t in topics]
     heads: dict[str, StreamRecord] = {}
     done: set[str] = set()
