@@ -8,11 +8,13 @@ same broker, produced again with one event altered, removed, duplicated or reord
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 import pytest
@@ -22,8 +24,9 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from gateway.audit import CHECKPOINTS_TOPIC, EVENTS_TOPIC
 from gateway.audit.broker import EmbeddedBroker, create_topics
 from gateway.audit.checkpoint import CheckpointRecord, NoteSigner
-from gateway.audit.checkpointer import Checkpointer, CheckpointerSettings
+from gateway.audit.checkpointer import Checkpointer, CheckpointerError, CheckpointerSettings
 from gateway.audit.kafka import producer_options
+from gateway.audit.prove import check_proof_document, prove_transaction
 from gateway.audit.stream import read_topic
 from gateway.audit.verify import VerifyReport, verify_log
 from gateway.pki import DevPki
@@ -256,3 +259,78 @@ async def test_bad_checkpoints_and_conflicting_ids_fail(log: Log, tmp_path: obje
     await log.checkpoint_all(every_events=10)
     report = await log.verify()
     assert kinds(report) == {("conflict", 30)}
+
+
+async def test_prove_and_consistency_with_a_kept_checkpoint(log: Log) -> None:
+    await produce(log.broker, EVENTS_TOPIC, [event(i) for i in range(50)])
+    await log.checkpoint_all(every_events=20)
+    kept = CheckpointRecord.parse((await read_all(log.broker, CHECKPOINTS_TOPIC))[0]).note
+    await produce(log.broker, EVENTS_TOPIC, [event(i) for i in range(50, 80)])
+    assert await log.checkpoint_all() == [80]
+
+    doc = await prove_transaction(
+        log.broker.kafka_config(),
+        "tx-5",
+        origin=ORIGIN,
+        verifier=log.signer.verifier,
+        trust=log.trust,
+        old_note=kept,
+    )
+    assert [e["offset"] for e in doc["events"]] == [15, 16, 17]
+    raw = orjson.dumps(doc)
+    check = check_proof_document(raw, log.signer.verifier, log.trust)
+    assert check.ok, check.problems
+    assert any("consistent with the old checkpoint of tree size 20" in line for line in check.lines)
+
+    def mutated(change: Callable[[dict[str, Any]], None]) -> bytes:
+        copy = orjson.loads(raw)
+        change(copy)
+        return orjson.dumps(copy)
+
+    def flip_first_proof_hash(d: dict[str, Any]) -> None:
+        h = bytearray(base64.b64decode(d["events"][0]["inclusion_proof"][0]))
+        h[0] ^= 1
+        d["events"][0]["inclusion_proof"][0] = base64.b64encode(h).decode()
+
+    def other_event(d: dict[str, Any]) -> None:
+        d["events"][1]["event"] = d["events"][0]["event"]
+
+    def wrong_offset(d: dict[str, Any]) -> None:
+        d["events"][0]["leaf_index"] = 14
+
+    def bad_consistency(d: dict[str, Any]) -> None:
+        d["consistency"]["proof"] = d["consistency"]["proof"][1:]
+
+    def other_timestamp(d: dict[str, Any]) -> None:
+        d["timestamp"] = base64.b64encode(b"\x30\x03\x02\x01\x00").decode()
+
+    for change in (
+        flip_first_proof_hash,
+        other_event,
+        wrong_offset,
+        bad_consistency,
+        other_timestamp,
+    ):
+        assert not check_proof_document(mutated(change), log.signer.verifier, log.trust).ok, change
+    stranger = NoteSigner(ORIGIN, ed25519.Ed25519PrivateKey.generate()).verifier
+    assert not check_proof_document(raw, stranger, log.trust).ok
+
+    # The auditor's kept checkpoint is consistent with the log...
+    report = await log.verify(since_note=kept)
+    assert report.ok, report.problems
+    assert any(f.kind == "consistency" for f in report.findings)
+
+    # The checkpointer refuses to continue a log whose events no longer match its checkpoints.
+    tampered = await log.copy("tampered", lambda v: [v[0].replace(b'"n":0', b'"n":9'), *v[1:]])
+    refusing = Checkpointer(log.settings(**tampered))
+    with pytest.raises(CheckpointerError, match="no longer matches"):
+        await asyncio.wait_for(refusing.run(asyncio.Event()), 20)
+
+    # An operator who rewrites history and signs it again from scratch with the same key gets
+    # a log that verifies on its own, but not against the auditor's kept checkpoint.
+    rewritten = {**tampered, "checkpoints_topic": "rewritten.checkpoints"}
+    await create_topics(log.broker.kafka_config(), ("rewritten.checkpoints",))
+    await log.checkpoint_all(every_events=100, **rewritten)
+    assert (await log.verify(**rewritten)).ok
+    report = await log.verify(since_note=kept, **rewritten)
+    assert kinds(report) == {("consistency", None)}

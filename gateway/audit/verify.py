@@ -20,6 +20,7 @@ topics with the shared reader (`gateway.audit.stream`) and feeds it.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
 import difflib
@@ -118,6 +119,7 @@ class LogVerifier:
     # Checkpoints that verify but whose leaf hashes cannot be placed (a gap before them).
     unanchored: list[Checkpoint] = field(default_factory=list)
     _ids: dict[str, int] = field(default_factory=dict)
+    _offsets: array.array[int] = field(default_factory=lambda: array.array("q"))
     _events_read: int = 0
     _first_event_offset: int = 0
 
@@ -260,17 +262,18 @@ class LogVerifier:
     # --- events ------------------------------------------------------------------------------
 
     def add_event(self, offset: int, value: bytes) -> None:
+        """Leaf i is the i-th record: offsets must increase (Tansu may skip one, Kafka not)."""
         topic = self.events_topic
         index = self.observed.size
-        if offset != index:
+        if self._offsets and offset <= self._offsets[-1]:
             self._find(
                 "problem",
                 topic,
                 offset,
                 "offsets",
-                f"expected offset {index} next, the topic delivered {offset}: offsets "
-                f"[{index}, {offset}) are missing",
+                f"offset {offset} arrived after offset {self._offsets[-1]}",
             )
+        self._offsets.append(offset)
         self._events_read += 1
         hashed = leaf_hash(value)
         self.observed.append_hash(hashed)
@@ -289,7 +292,8 @@ class LogVerifier:
                 topic,
                 offset,
                 "redelivery",
-                f"event {event_id} again, identical to offset {first} (at-least-once delivery)",
+                f"event {event_id} again, identical to offset {self._offset(first)} "
+                "(at-least-once delivery)",
             )
         else:
             self._find(
@@ -297,8 +301,14 @@ class LogVerifier:
                 topic,
                 offset,
                 "conflict",
-                f"event id {event_id} was first seen at offset {first} with different bytes",
+                f"event id {event_id} was first seen at offset {self._offset(first)} with "
+                "different bytes",
             )
+
+    def _offset(self, leaf: int) -> int:
+        """The topic offset of observed leaf `leaf` (equal to it, unless --since skipped some)."""
+        position = leaf - self._first_event_offset
+        return self._offsets[position] if 0 <= position < len(self._offsets) else leaf
 
     # --- the verdict -------------------------------------------------------------------------
 
@@ -338,10 +348,9 @@ class LogVerifier:
                 self._find(
                     "info",
                     self.events_topic,
-                    covered,
+                    self._offset(covered),
                     "uncovered",
-                    f"{observed - covered} newer events (offsets {covered}-{observed - 1}) are "
-                    "not yet covered by a checkpoint",
+                    f"{observed - covered} newer events are not yet covered by a checkpoint",
                 )
             return
         first = _first_difference(expected_bytes, observed_bytes)
@@ -358,8 +367,9 @@ class LogVerifier:
         if opcodes and opcodes[-1][0] == "insert" and opcodes[-1][1] == len(expected):
             trailing_from = opcodes[-1][3]
             opcodes = opcodes[:-1]
-        missing: dict[bytes, int] = {}  # expected leaf hash -> expected offset
-        extra: dict[bytes, int] = {}  # observed leaf hash -> observed offset
+        # expected leaf hash -> (its leaf index, the observed position where it is missing)
+        missing: dict[bytes, tuple[int, int]] = {}
+        extra: dict[bytes, int] = {}  # observed leaf hash -> observed leaf index
         altered: list[tuple[int, int]] = []
         for tag, a1, a2, b1, b2 in opcodes:
             if tag == "equal":
@@ -368,80 +378,90 @@ class LogVerifier:
             for k in range(pairs):
                 altered.append((first + a1 + k, first + b1 + k))
             for a in range(a1 + pairs, a2):
-                missing.setdefault(expected[a], first + a)
+                missing.setdefault(expected[a], (first + a, first + b1 + pairs))
             for b in range(b1 + pairs, b2):
                 extra.setdefault(actual[b], first + b)
         # A leaf hash that the checkpoints expect elsewhere: the event was moved (reordered).
         replaced_expected = {expected[e - first]: e for e, _ in altered}
-        for exp_off, obs_off in altered:
-            h_exp, h_obs = expected[exp_off - first], actual[obs_off - first]
-            origin = missing.pop(h_obs, None)
-            if origin is None and h_obs in replaced_expected:
-                origin = replaced_expected[h_obs]
+        for exp_leaf, obs_leaf in altered:
+            h_exp, h_obs = expected[exp_leaf - first], actual[obs_leaf - first]
+            moved = missing.pop(h_obs, None)
+            origin = moved[0] if moved else replaced_expected.get(h_obs)
             if origin is not None:
                 self._find(
                     "problem",
                     topic,
-                    obs_off,
+                    self._offset(obs_leaf),
                     "reordered",
-                    f"holds the event the checkpoints record at offset {origin}",
+                    f"holds the event the checkpoints record as leaf {origin}",
                 )
             else:
                 self._find(
-                    "problem", topic, obs_off, "altered", self._altered_message(h_exp, h_obs)
+                    "problem",
+                    topic,
+                    self._offset(obs_leaf),
+                    "altered",
+                    self._altered_message(exp_leaf, h_exp, h_obs),
                 )
-        for h_obs, obs_off in sorted(extra.items(), key=lambda item: item[1]):
-            if h_obs in missing:
+        for h_obs, obs_leaf in sorted(extra.items(), key=lambda item: item[1]):
+            moved = missing.pop(h_obs, None)
+            if moved is not None:
                 self._find(
                     "problem",
                     topic,
-                    obs_off,
+                    self._offset(obs_leaf),
                     "reordered",
-                    f"holds the event the checkpoints record at offset {missing.pop(h_obs)}",
+                    f"holds the event the checkpoints record as leaf {moved[0]}",
                 )
                 continue
-            copy_of = self._earlier_copy(h_obs, obs_off)
+            copy_of = self._earlier_copy(h_obs, obs_leaf)
             if copy_of is not None:
                 self._find(
                     "problem",
                     topic,
-                    obs_off,
+                    self._offset(obs_leaf),
                     "duplicated",
-                    f"a copy of offset {copy_of} that the checkpoints do not contain here",
+                    f"a copy of offset {self._offset(copy_of)} that the checkpoints do not "
+                    "contain here",
                 )
             else:
                 self._find(
                     "problem",
                     topic,
-                    obs_off,
+                    self._offset(obs_leaf),
                     "inserted",
                     "an event that no checkpoint contains",
                 )
-        for h_exp, exp_off in sorted(missing.items(), key=lambda item: item[1]):
+        observed_size = self.observed.size
+        for h_exp, (exp_leaf, obs_leaf) in sorted(missing.items(), key=lambda item: item[1]):
+            where = (
+                f"before offset {self._offset(obs_leaf)}"
+                if obs_leaf < observed_size
+                else "at the end of the topic"
+            )
             self._find(
                 "problem",
                 topic,
-                exp_off,
+                self._offset(obs_leaf) if obs_leaf < observed_size else None,
                 "removed",
-                f"the event the checkpoints record at offset {exp_off} (leaf hash "
-                f"{h_exp.hex()[:16]}…) is missing from the topic",
+                f"the event the checkpoints record as leaf {exp_leaf} (leaf hash "
+                f"{h_exp.hex()[:16]}…) is missing, {where}",
             )
         if trailing_from is not None:
             start = first + trailing_from
             self._find(
                 "info",
                 topic,
-                start,
+                self._offset(start),
                 "uncovered",
-                f"{self.observed.size - start} newer events (from offset {start}) are not yet "
-                "covered by a checkpoint",
+                f"{observed_size - start} newer events are not yet covered by a checkpoint",
             )
 
     @staticmethod
-    def _altered_message(expected: bytes, actual: bytes) -> str:
+    def _altered_message(leaf: int, expected: bytes, actual: bytes) -> str:
         return (
-            f"differs from the checkpointed event (leaf hash {actual.hex()[:16]}…, the "
-            f"checkpoints say {expected.hex()[:16]}…)"
+            f"differs from the checkpointed event (leaf {leaf}: leaf hash {actual.hex()[:16]}…, "
+            f"the checkpoints say {expected.hex()[:16]}…)"
         )
 
     def _earlier_copy(self, hashed: bytes, offset: int) -> int | None:
