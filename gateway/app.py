@@ -18,9 +18,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from connectors._sandbox import CITIZENS
 from gateway import logs
 from gateway.audit import AuditTrail, PseudonymKey
+from gateway.audit.archive import ArchivistPublicKey, IssuedDocument
 from gateway.audit.kafka import producer_options
 from gateway.audit.relay import Relay
-from gateway.audit.archive import ArchivistPublicKey, IssuedDocument
 from gateway.bsn import is_bsn
 from gateway.bundle import BundleIssuer
 from gateway.config import Settings, connector_factory, load_keys
@@ -116,7 +116,6 @@ async def _audit_trail(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await store.close()
-
 
 
 async def _audit_relay(app: web.Application) -> AsyncIterator[None]:

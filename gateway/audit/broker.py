@@ -159,9 +159,7 @@ async def start_broker(
         broker = EmbeddedBroker(process, host, chosen)
         try:
             config = broker.kafka_config()
-            await wait_until_ready(config, within, broker)
-            if create:
-                await create_topics(config, within=within)
+            await wait_until_ready(config, within, broker, create=TOPICS if create else ())
             return broker
         except AuditStreamError as exc:  # e.g. the port was taken between probe and start
             last_error = exc
@@ -179,9 +177,19 @@ async def embedded_broker(**kwargs: Any) -> AsyncIterator[EmbeddedBroker]:
 
 
 async def wait_until_ready(
-    config: KafkaConfig, within: float = 15.0, broker: EmbeddedBroker | None = None
+    config: KafkaConfig,
+    within: float = 15.0,
+    broker: EmbeddedBroker | None = None,
+    *,
+    create: tuple[str, ...] = (),
 ) -> None:
-    """Poll until the cluster answers a metadata request, or raise AuditStreamError."""
+    """Poll until the cluster answers a metadata request, or raise AuditStreamError.
+
+    Topics in `create` that do not exist yet are created in the same session, as soon as the
+    broker answers: a client that reaches a fresh Tansu first could otherwise make it
+    auto-create the topic with its defaults (four partitions), and Tansu mixes up a topic
+    created both ways at once.
+    """
     deadline = time.monotonic() + within
     last: Exception | None = None
     while time.monotonic() < deadline:
@@ -194,11 +202,16 @@ async def wait_until_ready(
                 _, writer = await asyncio.open_connection(broker.host, broker.port)
                 writer.close()
             async with _admin(config, deadline) as admin:
-                await asyncio.wait_for(admin.list_topics(), max(0.1, deadline - time.monotonic()))
+                existing = await asyncio.wait_for(
+                    admin.list_topics(), max(0.1, deadline - time.monotonic())
+                )
+                missing = [t for t in create if t not in existing]
+                if missing:
+                    await _create(admin, missing, deadline)
             return
         except (KafkaError, OSError, TimeoutError) as exc:
             last = exc
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.01)
     raise AuditStreamError(
         f"Kafka at {config.bootstrap} did not answer within {within:.0f} s ({last!r}); "
         "check that the broker runs and the address is right"
@@ -215,12 +228,14 @@ async def create_topics(
     """
     deadline = time.monotonic() + within
     async with _admin(config, deadline) as admin:
-        response = await asyncio.wait_for(
-            admin.create_topics(
-                [NewTopic(t, num_partitions=1, replication_factor=1) for t in topics]
-            ),
-            max(0.1, deadline - time.monotonic()),
-        )
+        await _create(admin, list(topics), deadline)
+
+
+async def _create(admin: Any, topics: list[str], deadline: float) -> None:
+    response = await asyncio.wait_for(
+        admin.create_topics([NewTopic(t, num_partitions=1, replication_factor=1) for t in topics]),
+        max(0.1, deadline - time.monotonic()),
+    )
     for topic, code, message in response.topic_errors:
         if code not in (0, _TOPIC_EXISTS):
             raise AuditStreamError(f"topic {topic} could not be created: {code} {message}")

@@ -48,15 +48,17 @@ def _ssl_context(config: KafkaConfig) -> ssl.SSLContext:
 
 
 def producer_options(config: KafkaConfig) -> dict[str, Any]:
-    """AIOKafkaProducer settings for the audit stream: every replica in sync acknowledges."""
+    """AIOKafkaProducer settings for the audit stream: every replica in sync acknowledges.
+
+    The relay builds one record batch per request itself (gateway/audit/relay.py); a batch is
+    at most `max_message_bytes`, which is what Kafka's max.message.bytes limits.
+    """
     return {
         **client_options(config),
         "acks": "all",
         "enable_idempotence": config.idempotence,
-        "max_request_size": config.max_message_bytes,
-        # One batch in flight per partition (aiokafka's rule): a large batch keeps throughput
-        # up without a second request that could overtake the first.
-        "max_batch_size": min(config.max_message_bytes, 1024 * 1024),
-        "linger_ms": 2,
+        "max_batch_size": config.max_message_bytes,
+        "max_request_size": config.max_message_bytes + 64 * 1024,
+        "linger_ms": 0,
         "retry_backoff_ms": 200,
     }

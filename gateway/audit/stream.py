@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -27,6 +27,7 @@ from gateway.config import KafkaConfig
 from gateway.errors import AuditStreamError
 
 Start = int | Literal["beginning", "end"]
+_MAX_FETCHES_PAST_END = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +48,13 @@ class StreamRecord:
 
 @dataclass(frozen=True, slots=True)
 class Offsets:
-    """The first offset still held (retention may have removed older ones) and the next one."""
+    """The first offset still held (retention may have removed older ones) and the next one.
+
+    Caution with the embedded broker: Tansu may report `end` below the true end (it reports
+    the last record batch's base offset + 1), and may leave gaps between offsets after a failed
+    produce. `read_topic` copes with both; to know the true end, read to it. Offsets are
+    increasing, not necessarily consecutive: order by offset, never count with it.
+    """
 
     beginning: int
     end: int
@@ -70,12 +77,14 @@ async def read_topic(
     partition: int = 0,
     stall_timeout: float = 30.0,
     max_records: int = 2000,
-) -> AsyncIterator[StreamRecord]:
-    """Records of one partition from `start` up to `stop` (default: the end when called).
+) -> AsyncGenerator[StreamRecord, None]:
+    """Records of one partition from `start`: up to `stop` (exclusive), or to the end.
 
-    With `follow`, keeps waiting for new records until the caller stops iterating. Without it,
-    raises AuditStreamError if the broker delivers nothing for `stall_timeout` seconds before
-    the end is reached. Offsets that retention removed are skipped: check the first offset.
+    Without `stop` or `follow`, reads to the end as it was when called (a few records that
+    arrived since may come along). With `follow`, keeps waiting for new records until the
+    caller stops iterating. Raises AuditStreamError if the broker delivers nothing for
+    `stall_timeout` seconds before the end. Offsets that retention removed are skipped: look at
+    the first record's offset.
     """
     async with _consumer(config, topic, partition, stall_timeout) as (consumer, tp):
         offsets = await _offsets(consumer, tp, stall_timeout)
@@ -85,23 +94,35 @@ async def read_topic(
             position = offsets.end
         else:
             position = max(start, offsets.beginning)
-        if stop is None and not follow:
-            stop = offsets.end
+        # Tansu may report an end below the true one (see Offsets): past it, read on while
+        # records keep coming at once, for a bounded number of fetches.
+        end = None if follow or stop is not None else offsets.end
+        extra_fetches = 0
         consumer.seek(tp, position)
         progress = time.monotonic()
-        while stop is None or position < stop:
+        while True:
+            if stop is not None and position >= stop:
+                return
+            past_end = end is not None and position >= end
+            if past_end:
+                extra_fetches += 1
+                if extra_fetches > _MAX_FETCHES_PAST_END:
+                    return
+            wait_ms = 100 if past_end else 500
             try:
-                batch = await consumer.getmany(tp, timeout_ms=500, max_records=max_records)
+                batch = await consumer.getmany(tp, timeout_ms=wait_ms, max_records=max_records)
             except KafkaError as exc:
                 raise AuditStreamError(
                     f"reading {topic} at offset {position} failed: {exc}"
                 ) from exc
             messages = batch.get(tp, [])
             if not messages:
+                if past_end:
+                    return
                 if not follow and time.monotonic() - progress > stall_timeout:
                     raise AuditStreamError(
                         f"{topic}: no records for {stall_timeout:.0f} s at offset {position} "
-                        f"before the end ({stop}); is the broker answering?"
+                        f"before the end ({stop or end}); is the broker answering?"
                     )
                 continue
             progress = time.monotonic()
