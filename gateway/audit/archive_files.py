@@ -165,6 +165,26 @@ def _record_line(record: StreamRecord) -> bytes:
     return orjson.dumps(line) + b"\n"
 
 
+def _gap_line(topic: str, partition: int, first: int, last: int) -> bytes:
+    """Offsets the broker never delivered (Tansu may skip one after a failed produce)."""
+    line = {"type": "gap", "topic": topic, "partition": partition, "first": first, "last": last}
+    return orjson.dumps(line) + b"\n"
+
+
+def _parse_gap(line: dict[str, Any]) -> tuple[str, int, int, int]:
+    if set(line) != {"type", "topic", "partition", "first", "last"}:
+        raise _LineError("gap line has missing or unknown fields")
+    topic, partition, first, last = (line[k] for k in ("topic", "partition", "first", "last"))
+    if not isinstance(topic, str) or not _TOPIC.fullmatch(topic):
+        raise _LineError("malformed topic")
+    for number in (partition, first, last):
+        if not isinstance(number, int) or isinstance(number, bool) or not 0 <= number < 2**63:
+            raise _LineError("malformed gap")
+    if last < first:
+        raise _LineError("malformed gap")
+    return topic, partition, first, last
+
+
 @dataclass
 class _Range:
     first: int
@@ -382,6 +402,9 @@ class ArchiveWriter:
                     elif line["type"] == "record":
                         record = _parse_record(line, day)
                         self._advance(ranges, record)
+                    elif line["type"] == "gap":
+                        topic, partition, _, last = _parse_gap(line)
+                        self.next_offsets[(topic, partition)] = last + 1
                     elif line["type"] == "seal":
                         sealed_line = line
                         good += len(raw)
@@ -435,8 +458,11 @@ class ArchiveWriter:
             self._open(day)
         current = self.current
         assert current is not None
-        self._advance(current.ranges, record)
         line = _record_line(record)
+        if expected is not None and record.offset > expected:
+            # Kafka delivered no record at these offsets: say so, inside the sealed digest.
+            line = _gap_line(record.topic, record.partition, expected, record.offset - 1) + line
+        self._advance(current.ranges, record)
         current.handle.write(line)
         current.digest.update(line)
         current.unsynced += 1
@@ -755,6 +781,8 @@ class _VerifyState:
                         self._check_header(path, day, line)
                     elif line["type"] == "record":
                         self._check_record(path, number, _parse_record(line, day), ranges)
+                    elif line["type"] == "gap":
+                        self._check_gap(path, number, *_parse_gap(line))
                     elif line["type"] == "seal":
                         seal, seal_digest = line, digest.hexdigest()
                         continue
@@ -818,6 +846,24 @@ class _VerifyState:
                 "(its SHA-256 differs from the one recorded here)",
                 1,
             )
+
+    def _check_gap(
+        self, path: Path, number: int, topic: str, partition: int, first: int, last: int
+    ) -> None:
+        key = (topic, partition)
+        if key not in self.offsets or self.offsets[key][1] != first:
+            self.error(path, f"{topic}/{partition}: a gap record that does not follow on", number)
+            return
+        self.offsets[key] = (self.offsets[key][0], last + 1)
+        self.findings.append(
+            ArchiveFinding(
+                "info",
+                path.name,
+                f"{topic}/{partition}: Kafka delivered no record at offset(s) {first}..{last} "
+                "(recorded by the archiver when it read them)",
+                number,
+            )
+        )
 
     def _check_record(
         self, path: Path, number: int, record: StreamRecord, ranges: dict[str, _Range]
