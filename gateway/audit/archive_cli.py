@@ -128,8 +128,10 @@ def verify_archive_option(args: argparse.Namespace) -> int:
         return 0
     pinned = [load_trusted_key(p) for p in args.archive_key] if args.archive_key else None
     findings = verify_archive(args.archive, pinned)
+    # Beside a --json report on stdout, the archive's lines go to stderr.
+    out = sys.stderr if getattr(args, "json", False) else sys.stdout
     for finding in findings:
-        print(f"archive {finding}")
+        print(f"archive {finding}", file=out)
     return sum(1 for f in findings if f.severity == "error")
 
 
