@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Sequence
+from dataclasses import replace
 
 from aiohttp import web
 
 from connectors._sandbox import CITIZENS
 from connectors._sandbox.runner import RunningSandbox, serve_app, start_sandbox
 from gateway.app import create_app
+from gateway.audit.broker import EmbeddedBroker, start_broker
+from gateway.audit.cli import demo_address_file
 from gateway.config import SANDBOX_ORGS, Settings
 
 
@@ -51,6 +54,15 @@ async def run_sandboxes(settings: Settings, orgs: Sequence[str]) -> None:
 
 async def run_gateway(settings: Settings, *, with_sandboxes: bool) -> None:
     runners: list[web.AppRunner] = []
+    broker: EmbeddedBroker | None = None
+    if with_sandboxes and settings.kafka is None:
+        # The demo's audit stream: an embedded broker, its address where `blauweknop audit`
+        # looks for it, and the gateway's relay pointed at it.
+        broker = await start_broker()
+        address = demo_address_file(settings)
+        address.parent.mkdir(parents=True, exist_ok=True)
+        address.write_text(broker.bootstrap + "\n")
+        settings = replace(settings, kafka=broker.kafka_config())
     if with_sandboxes:
         sandboxes = await start_sandboxes(settings)
         runners.extend(s.runner for s in sandboxes)
@@ -69,6 +81,9 @@ async def run_gateway(settings: Settings, *, with_sandboxes: bool) -> None:
     finally:
         for r in reversed(runners):
             await r.cleanup()
+        if broker is not None:
+            demo_address_file(settings).unlink(missing_ok=True)
+            await broker.stop()
 
 
 def _banner(settings: Settings, base: str, with_sandboxes: bool) -> str:
@@ -83,6 +98,8 @@ def _banner(settings: Settings, base: str, with_sandboxes: bool) -> str:
             f'-d \'{{"bsn": "{example}"}}\'',
             "  test citizens: blauweknop sandbox citizens",
         ]
+    if settings.kafka is not None:
+        lines += [f"  audit stream: Kafka at {settings.kafka.bootstrap}; blauweknop audit tail"]
     lines += [
         f"  keys: {base}/.well-known/jwks.json   metrics: {base}/metrics",
         "Stop with Ctrl-C.",
