@@ -25,7 +25,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
@@ -48,7 +48,7 @@ from gateway.audit.checkpoint import (
 )
 from gateway.audit.kafka import client_options, producer_options
 from gateway.audit.stream import read_topic, topic_offsets
-from gateway.config import KafkaConfig, Settings
+from gateway.config import DEV_TSA_PORT, KafkaConfig, Settings
 from gateway.errors import AuditStreamError, BlauweKnopError, ConfigError
 from gateway.tsa import TimestampError, TsaTrust, TsaUnavailable, request_timestamp
 
@@ -295,8 +295,11 @@ class Checkpointer:
         s = self.settings
         fetch = s.kafka.max_message_bytes + 64 * 1024
         session_ms = int(s.session_timeout_seconds * 1000)
+        options = client_options(s.kafka)
+        # A broker may hold JoinGroup up to the session timeout (Tansu does): wait longer.
+        options["request_timeout_ms"] = max(options["request_timeout_ms"], session_ms + 5000)
         consumer = AIOKafkaConsumer(
-            **client_options(s.kafka),
+            **options,
             group_id=s.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -318,3 +321,35 @@ class Checkpointer:
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(consumer.stop(), 5)
+
+
+@contextlib.asynccontextmanager
+async def demo_checkpointing(settings: Settings, kafka: KafkaConfig) -> AsyncIterator[str]:
+    """For the sandbox demo stack: the development TSA on its port and a checkpointer task.
+
+    Yields the TSA's URL. A checkpointer that fails is logged; the demo keeps serving.
+    """
+    from gateway.tsa.server import start_dev_tsa
+
+    if settings.mode != "sandbox":
+        raise ConfigError("the development TSA and checkpointer run in sandbox mode only")
+    runner, url = await start_dev_tsa(
+        settings.dev_pki, host=settings.sandbox_host, port=DEV_TSA_PORT
+    )
+    config = CheckpointerSettings.from_settings(replace(settings, kafka=kafka))
+    stop = asyncio.Event()
+
+    async def run() -> None:
+        try:
+            await Checkpointer(config).run(stop)
+        except BlauweKnopError as exc:
+            log.error("the demo checkpointer stopped: %s", exc)
+
+    task = asyncio.create_task(run())
+    try:
+        yield url
+    finally:
+        stop.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(task, 10)
+        await runner.cleanup()

@@ -89,9 +89,10 @@ def add_audit_group(sub: Any) -> None:
 
 def _command_modules() -> Iterable[Callable[[Any, Any], None]]:
     """The other modules' `add_commands(sub, resolve)`, each adding its own sub-commands."""
-    from gateway.audit import archive_cli
+    from gateway.audit import archive_cli, log_cli
 
     yield archive_cli.add_commands
+    yield log_cli.add_commands  # checkpointer, verify, prove, verify-proof, checkpoint-key
 
 
 # -- tail ----------------------------------------------------------------------------------

@@ -4,8 +4,9 @@ check offline, with nothing but the log's public key and the TSA's CA certificat
 A proof document (JSON, `nl.blauweknop.audit.proof.v1`) holds the newest checkpoint (signed
 note and RFC 3161 time-stamp), and for every event of the transaction that the checkpoint
 covers: its leaf index and offset (equal on Apache Kafka), its exact bytes (base64) and its
-RFC 9162 inclusion proof. With `--checkpoint OLD` it also holds an RFC 9162 consistency proof from the auditor's old
-checkpoint to this one. No personal data is in it: events carry pseudonyms only.
+RFC 9162 inclusion proof. With `--checkpoint OLD` it also holds an RFC 9162 consistency proof
+from the auditor's old checkpoint to this one. No personal data is in it: events carry
+pseudonyms only.
 """
 
 from __future__ import annotations
