@@ -81,8 +81,9 @@ class KafkaConfig:
         return ",".join(self.bootstrap_servers)
 
 
-# The demo stack's development time-stamping authority (gateway/tsa/server.py).
-DEV_TSA_PORT = 9109
+# The demo stack's development time-stamping authority (gateway/tsa/server.py) listens at
+# sandbox_base_port + 8 (9109 by default), after the organisation sandboxes.
+DEV_TSA_PORT_OFFSET = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +135,10 @@ class Settings:
     def sandbox_port(self, org: str) -> int:
         """The demo sandboxes listen on consecutive ports, in `SANDBOX_ORGS` order."""
         return self.sandbox_base_port + SANDBOX_ORGS.index(org)
+
+    @property
+    def dev_tsa_port(self) -> int:
+        return self.sandbox_base_port + DEV_TSA_PORT_OFFSET
 
     @property
     def dev_pki(self) -> DevPki:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Sequence
 from dataclasses import replace
@@ -13,6 +14,7 @@ from connectors._sandbox import CITIZENS
 from connectors._sandbox.runner import RunningSandbox, serve_app, start_sandbox
 from gateway.app import create_app
 from gateway.audit.broker import EmbeddedBroker, start_broker
+from gateway.audit.checkpointer import demo_checkpointing
 from gateway.audit.cli import demo_address_file
 from gateway.config import SANDBOX_ORGS, Settings
 
@@ -63,9 +65,13 @@ async def run_gateway(settings: Settings, *, with_sandboxes: bool) -> None:
         address.parent.mkdir(parents=True, exist_ok=True)
         address.write_text(broker.bootstrap + "\n")
         settings = replace(settings, kafka=broker.kafka_config())
+    checkpointing = contextlib.AsyncExitStack()
     if with_sandboxes:
         sandboxes = await start_sandboxes(settings)
         runners.extend(s.runner for s in sandboxes)
+        if settings.kafka is not None:
+            # The Merkle log: the development TSA and a checkpointer (docs/audit.md).
+            await checkpointing.enter_async_context(demo_checkpointing(settings, settings.kafka))
     # In-flight bundles are bounded by the fan-out deadline; let them finish on shutdown.
     runner, port = await serve_app(
         create_app(settings),
@@ -81,6 +87,7 @@ async def run_gateway(settings: Settings, *, with_sandboxes: bool) -> None:
     finally:
         for r in reversed(runners):
             await r.cleanup()
+        await checkpointing.aclose()
         if broker is not None:
             demo_address_file(settings).unlink(missing_ok=True)
             await broker.stop()
@@ -100,6 +107,11 @@ def _banner(settings: Settings, base: str, with_sandboxes: bool) -> str:
         ]
     if settings.kafka is not None:
         lines += [f"  audit stream: Kafka at {settings.kafka.bootstrap}; blauweknop audit tail"]
+        if with_sandboxes:
+            lines += [
+                f"  Merkle log: checkpoints time-stamped by the development TSA on port "
+                f"{settings.dev_tsa_port}; blauweknop audit verify"
+            ]
     lines += [
         f"  keys: {base}/.well-known/jwks.json   metrics: {base}/metrics",
         "Stop with Ctrl-C.",

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from gateway.audit._internal.merkle import HASH_SIZE, MAX_TREE_SIZE
-from gateway.config import DEV_TSA_PORT, Settings
+from gateway.config import Settings
 from gateway.errors import ConfigError, VerificationError
 from gateway.tsa import TsaTrust
 
@@ -377,7 +377,7 @@ def tsa_url(settings: Settings) -> str:
         return settings.checkpoints.tsa_url
     if settings.mode != "sandbox":
         raise ConfigError("production mode needs [audit] tsa_url: an RFC 3161 time-stamping URL")
-    return f"http://{settings.sandbox_host}:{DEV_TSA_PORT}/"
+    return f"http://{settings.sandbox_host}:{settings.dev_tsa_port}/"
 
 
 def tsa_trust(settings: Settings) -> TsaTrust:

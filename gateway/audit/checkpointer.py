@@ -48,7 +48,7 @@ from gateway.audit.checkpoint import (
 )
 from gateway.audit.kafka import client_options, producer_options
 from gateway.audit.stream import read_topic, topic_offsets
-from gateway.config import DEV_TSA_PORT, KafkaConfig, Settings
+from gateway.config import KafkaConfig, Settings
 from gateway.errors import AuditStreamError, BlauweKnopError, ConfigError
 from gateway.tsa import TimestampError, TsaTrust, TsaUnavailable, request_timestamp
 
@@ -334,9 +334,11 @@ async def demo_checkpointing(settings: Settings, kafka: KafkaConfig) -> AsyncIte
     if settings.mode != "sandbox":
         raise ConfigError("the development TSA and checkpointer run in sandbox mode only")
     runner, url = await start_dev_tsa(
-        settings.dev_pki, host=settings.sandbox_host, port=DEV_TSA_PORT
+        settings.dev_pki, host=settings.sandbox_host, port=settings.dev_tsa_port
     )
     config = CheckpointerSettings.from_settings(replace(settings, kafka=kafka))
+    # A demo user runs `audit verify` right after a download: checkpoint within seconds.
+    config = replace(config, every_seconds=min(config.every_seconds, 2.0))
     stop = asyncio.Event()
 
     async def run() -> None:

@@ -94,13 +94,15 @@ class VerifyReport:
         return [f for f in self.findings if f.severity == "problem"]
 
     def summary(self) -> str:
-        rate = f", {self.events / self.seconds:,.0f} events/s" if self.seconds else ""
+        rate = f" in {self.seconds:.2f} s" if self.seconds else ""
+        if self.seconds and self.events >= 10_000:
+            rate += f" ({self.events / self.seconds:,.0f} events/s)"
         newest = self.checkpoints[-1].checkpoint if self.checkpoints else None
         head = f"newest checkpoint: tree size {newest.size}" if newest else "no valid checkpoint"
         verdict = "OK" if self.ok else f"FAILED: {len(self.problems)} problem(s)"
         return (
-            f"{verdict} — {self.events} events read, {len(self.checkpoints)} valid "
-            f"checkpoints, {head}, {self.covered} events covered{rate}"
+            f"{verdict} — {self.events} events read{rate}, {len(self.checkpoints)} valid "
+            f"checkpoints, {head}, {self.covered} events covered"
         )
 
 
@@ -321,7 +323,8 @@ class LogVerifier:
                 self.checkpoints_topic,
                 None,
                 "uncovered",
-                f"no valid checkpoint covers any of the {observed} events",
+                f"no valid checkpoint covers any of the {observed} events (a running "
+                "checkpointer publishes one within [audit] checkpoint_every_seconds)",
             )
         elif covered:
             self._compare(covered)
