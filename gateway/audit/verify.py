@@ -417,15 +417,15 @@ class LogVerifier:
                     f"holds the event the checkpoints record as leaf {moved[0]}",
                 )
                 continue
-            copy_of = self._earlier_copy(h_obs, obs_leaf)
+            copy_of = self._copy_of(h_obs, obs_leaf)
             if copy_of is not None:
                 self._find(
                     "problem",
                     topic,
                     self._offset(obs_leaf),
                     "duplicated",
-                    f"a copy of offset {self._offset(copy_of)} that the checkpoints do not "
-                    "contain here",
+                    f"a copy of the event at offset {self._offset(copy_of)}, which the "
+                    "checkpoints do not contain here",
                 )
             else:
                 self._find(
@@ -467,11 +467,12 @@ class LogVerifier:
             f"the checkpoints say {expected.hex()[:16]}…)"
         )
 
-    def _earlier_copy(self, hashed: bytes, offset: int) -> int | None:
-        hashes = self.observed.leaf_hashes(0, offset)
+    def _copy_of(self, hashed: bytes, leaf: int) -> int | None:
+        """Another observed leaf with the same hash (the same bytes), if any."""
+        hashes = self.observed.leaf_hashes()
         position = hashes.find(hashed)
         while position >= 0:
-            if position % HASH_SIZE == 0:
+            if position % HASH_SIZE == 0 and position // HASH_SIZE != leaf:
                 return position // HASH_SIZE
             position = hashes.find(hashed, position + 1)
         return None
