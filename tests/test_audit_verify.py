@@ -334,3 +334,42 @@ async def test_prove_and_consistency_with_a_kept_checkpoint(log: Log) -> None:
     assert (await log.verify(**rewritten)).ok
     report = await log.verify(since_note=kept, **rewritten)
     assert kinds(report) == {("consistency", None)}
+
+
+async def test_one_checkpointer_at_a_time_and_takeover(log: Log) -> None:
+    group = f"checkpointer-{uuid.uuid4()}"
+    await produce(log.broker, EVENTS_TOPIC, [event(i) for i in range(30)])
+    first = Checkpointer(log.settings(group_id=group, every_events=1000))
+    second = Checkpointer(log.settings(group_id=group, every_events=1000))
+    stops = {first: asyncio.Event(), second: asyncio.Event()}
+    tasks = {c: asyncio.create_task(c.run(stops[c])) for c in (first, second)}
+    both_active = False
+
+    def covered(size: int) -> Callable[[], bool]:
+        def check() -> bool:
+            nonlocal both_active
+            both_active = both_active or (first.active and second.active)
+            return any(c.published and c.published[-1].size == size for c in (first, second))
+
+        return check
+
+    try:
+        await eventually(covered(30), within=40)
+        active = first if first.active else second
+        standby = second if active is first else first
+        assert not both_active, "the consumer group keeps one checkpointer active"
+        # The active one stops; the standby takes over and continues after its checkpoint.
+        stops[active].set()
+        await asyncio.wait_for(tasks[active], 15)
+        await produce(log.broker, EVENTS_TOPIC, [event(i) for i in range(30, 45)])
+        await eventually(lambda: bool(standby.published) and standby.published[-1].size == 45, 40)
+    finally:
+        for c in (first, second):
+            stops[c].set()
+        await asyncio.wait_for(asyncio.gather(*tasks.values(), return_exceptions=True), 20)
+    records = [CheckpointRecord.parse(v) for v in await read_all(log.broker, CHECKPOINTS_TOPIC)]
+    ends = [r.first_leaf + len(r.leaf_hashes) // 32 for r in records]
+    assert ends[-1] == 45
+    assert all(r.first_leaf <= prev for r, prev in zip(records[1:], ends, strict=False))
+    report = await log.verify()
+    assert report.ok, report.problems
