@@ -22,6 +22,8 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python -m bench.fanout
+	$(BIN)/python -m bench.audit
+	$(BIN)/python -m bench.audit_verify
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
