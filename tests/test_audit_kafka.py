@@ -30,7 +30,13 @@ from gateway.audit import CHECKPOINTS_TOPIC, EVENTS_TOPIC, AuditTrail, Pseudonym
 from gateway.audit.broker import EmbeddedBroker, start_broker
 from gateway.audit.relay import Relay
 from gateway.audit.stream import StreamRecord, read_topic
-from gateway.config import KafkaConfig, sandbox_organisation_table, settings_from_mapping
+from gateway.config import (
+    KafkaConfig,
+    load_settings,
+    sandbox_organisation_table,
+    settings_from_mapping,
+)
+from gateway.errors import ConfigError
 from gateway.metrics import Metrics
 from gateway.models import Organisatie
 from gateway.pki import DevPki
@@ -502,3 +508,65 @@ async def test_no_test_citizen_in_kafka_logs_or_metrics(
         for where, data in (("Kafka", kafka), ("the logs", logs), ("/metrics", metrics)):
             assert citizen.bsn.encode() not in data, f"BSN of {citizen.naam} in {where}"
             assert citizen.naam.encode() not in data, f"{citizen.naam} in {where}"
+
+
+# -- configuration -------------------------------------------------------------------------
+
+
+def test_kafka_settings_from_file_and_environment(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text('[kafka]\nbootstrap_servers = ["a:9093", "b:9093"]\nrelay_batch = 100\n')
+    settings = load_settings(
+        config,
+        {"BLAUWEKNOP_KAFKA__IDEMPOTENCE": "false", "BLAUWEKNOP_STATE_DIR": str(tmp_path)},
+    )
+    assert settings.kafka is not None
+    assert settings.kafka.bootstrap_servers == ("a:9093", "b:9093")
+    assert settings.kafka.idempotence is False
+    assert settings.kafka.relay_batch == 100
+    from_env = load_settings(None, {"BLAUWEKNOP_KAFKA__BOOTSTRAP_SERVERS": "x:1, y:2"})
+    assert from_env.kafka is not None
+    assert from_env.kafka.bootstrap_servers == ("x:1", "y:2")
+    assert from_env.kafka.idempotence is True, "on by default, for real Kafka"
+    assert load_settings(None, {}).kafka is None, "no relay without Kafka"
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"idempotence": "maybe"}, "true or false"),
+        ({"security_protocol": "TLS"}, "security_protocol must be one of"),
+        ({"security_protocol": "SASL_SSL"}, "sasl_password_file"),
+        ({"cert_file": "/c.pem"}, "cert_file and key_file go together"),
+        ({"relay_batch": 0}, "relay_batch"),
+        ({"request_timeout_seconds": 60, "send_timeout_seconds": 30}, "at most send_timeout"),
+    ],
+)
+def test_kafka_settings_errors_say_what_to_fix(table: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        settings_from_mapping({"kafka": {"bootstrap_servers": "k:9093", **table}})
+
+
+def test_production_needs_kafka_over_tls_and_never_turns_auditing_off(pki: DevPki) -> None:
+    seal = pki.identity(pki.seal_names()[-1])
+    base: dict[str, Any] = {
+        "mode": "production",
+        "signing": {"key": str(seal.key), "chain": str(seal.chain)},
+        "audit": {
+            "pseudonym_key_file": "/run/secrets/pseudonym.key",
+            "archive_public_key_file": "/run/secrets/archivist.pub",
+        },
+        "organisations": {"duo": {"url": "https://duo.example", "trust_cert": str(seal.chain)}},
+    }
+    with pytest.raises(ConfigError, match=r"\[kafka\] bootstrap_servers"):
+        settings_from_mapping(base)
+    with pytest.raises(ConfigError, match="SSL or SASL_SSL"):
+        settings_from_mapping({**base, "kafka": {"bootstrap_servers": "k:9092"}})
+    tls = {"bootstrap_servers": "k:9093", "security_protocol": "SSL"}
+    assert settings_from_mapping({**base, "kafka": tls}).kafka is not None
+    with pytest.raises(ConfigError, match="disabled_for_benchmark"):
+        settings_from_mapping(
+            {**base, "kafka": tls, "audit": {**base["audit"], "disabled_for_benchmark": True}}
+        )
+    sandbox = settings_from_mapping({"audit": {"disabled_for_benchmark": True}})
+    assert sandbox.audit_disabled_for_benchmark
