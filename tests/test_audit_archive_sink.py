@@ -322,3 +322,33 @@ def test_offsets_the_broker_skipped_are_recorded_not_reported(
     lines = path.read_bytes().splitlines(keepends=True)
     path.write_bytes(b"".join(line for line in lines if b'"type":"gap"' not in line))
     assert any("offset 5 where 2 was expected" in e for e in errors(verify_archive(directory)))
+
+
+async def test_a_backlog_is_merged_by_time_into_the_files_of_its_days(
+    broker: EmbeddedBroker, tmp_path: Path, key: ed25519.Ed25519PrivateKey
+) -> None:
+    """Both topics hold days of backlog; small batches make the two readers race."""
+    today = dt.datetime.now(dt.UTC).date()
+    days = [today - dt.timedelta(days=n) for n in (4, 3, 2)]
+    async with _producer(broker) as producer:
+        sends = [
+            await producer.send(EVENTS_TOPIC, _value(n), key=b"tx", timestamp_ms=_ms(d, n % 24))
+            for d in days
+            for n in range(60)
+        ]
+        sends += [
+            await producer.send(CHECKPOINTS_TOPIC, b"cp", timestamp_ms=_ms(d, 23)) for d in days
+        ]
+        await asyncio.gather(*sends)
+    directory = tmp_path / "archive"
+    run = await asyncio.wait_for(
+        run_archiver(broker.kafka_config(), directory, key, follow=False, batch=7), 60
+    )
+    assert run.written == 183
+    assert run.sealed == tuple(file_name(d) for d in days)
+    assert errors(verify_archive(directory, [key.public_key()])) == []
+    for day in days:
+        lines = (directory / file_name(day)).read_bytes().splitlines()[1:-1]
+        kinds = [orjson.loads(line)["topic"] for line in lines]
+        assert kinds.count(EVENTS_TOPIC) == 60, day
+        assert kinds.count(CHECKPOINTS_TOPIC) == 1, day

@@ -632,11 +632,15 @@ async def run_archiver(
                     await asyncio.to_thread(writer.write_batch, pending)
                     pending = []
                 arrived.clear()
-                if any(not queues[t].empty() for t in topics):
+                if any(not queues[t].empty() for t in topics if t not in heads and t not in done):
                     continue
                 try:
                     await asyncio.wait_for(arrived.wait(), idle_seconds)
                 except TimeoutError:
+                    # Nothing came for a while: a topic that is still "behind" is at its end
+                    # (or stalled); stop waiting for it so the other topic moves on.
+                    for topic in behind:
+                        caught_up[topic] = True
                     await asyncio.to_thread(writer.idle, today())
                     _raise_failed(readers)
                 continue
