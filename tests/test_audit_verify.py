@@ -90,7 +90,7 @@ class Log:
             "tsa_trust": self.trust,
             "every_events": 40,
             "every_seconds": 0.3,
-            "session_timeout_seconds": 6.0,
+            "session_timeout_seconds": 2.0,
             # A group of its own per run: Tansu is slow to let a stopped member go, and a
             # restart does not depend on the group (test_one_checkpointer_at_a_time does).
             "group_id": f"checkpointer-{uuid.uuid4()}",

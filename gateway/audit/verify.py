@@ -548,7 +548,9 @@ def read_since_file(text: str) -> str:
             data = orjson.loads(text)
         except orjson.JSONDecodeError as exc:
             raise CheckpointError(f"the checkpoint file is not valid JSON: {exc}") from exc
-        note = data.get("checkpoint") if isinstance(data, dict) else None
+        note = None
+        if isinstance(data, dict):  # a checkpoint record, a proof, or a `verify --json` report
+            note = data.get("checkpoint") or data.get("newest_checkpoint")
         if not isinstance(note, str):
             raise CheckpointError("the checkpoint file's JSON has no 'checkpoint' note")
         text = note
