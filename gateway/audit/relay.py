@@ -119,21 +119,17 @@ class Relay:
                 log.exception("audit relay could not read or mark the outbox; retrying")
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF)
-            except (
-                KafkaError,
-                OSError,
-                TimeoutError,
-                ConfigError,
-                _TooLarge,
-                _TopicMissing,
-            ) as exc:
+            except Exception as exc:  # the relay must outlive whatever goes wrong
                 self.metrics.audit_publish_failures.inc()
-                log.warning(
-                    "audit events not acknowledged by Kafka at %s (%s); retrying in %.1f s",
-                    self.config.bootstrap,
-                    type(exc).__name__ if isinstance(exc, TimeoutError) else exc,
-                    backoff,
-                )
+                if isinstance(exc, _EXPECTED):
+                    log.warning(
+                        "audit events not acknowledged by Kafka at %s (%s); retrying in %.1f s",
+                        self.config.bootstrap,
+                        type(exc).__name__ if isinstance(exc, TimeoutError) else exc,
+                        backoff,
+                    )
+                else:
+                    log.exception("audit relay failed unexpectedly; retrying in %.1f s", backoff)
                 await self._drop_producer()
                 if self._draining:
                     return
@@ -237,6 +233,9 @@ class _TooLarge(Exception):
 
 class _TopicMissing(Exception):
     """The events topic does not exist; the relay never creates it."""
+
+
+_EXPECTED = (KafkaError, OSError, TimeoutError, ConfigError, _TooLarge, _TopicMissing)
 
 
 async def _existing_partitions(producer: Any, topic: str) -> list[int]:
