@@ -333,12 +333,18 @@ async def demo_checkpointing(settings: Settings, kafka: KafkaConfig) -> AsyncIte
 
     if settings.mode != "sandbox":
         raise ConfigError("the development TSA and checkpointer run in sandbox mode only")
-    runner, url = await start_dev_tsa(
-        settings.dev_pki, host=settings.sandbox_host, port=settings.dev_tsa_port
-    )
+    try:
+        runner, url = await start_dev_tsa(
+            settings.dev_pki, host=settings.sandbox_host, port=settings.dev_tsa_port
+        )
+    except OSError as exc:  # the port is taken: any free one will do for the demo's own use
+        log.warning("development TSA port %d unavailable (%s)", settings.dev_tsa_port, exc)
+        runner, url = await start_dev_tsa(settings.dev_pki, host=settings.sandbox_host)
     config = CheckpointerSettings.from_settings(replace(settings, kafka=kafka))
     # A demo user runs `audit verify` right after a download: checkpoint within seconds.
     config = replace(config, every_seconds=min(config.every_seconds, 2.0))
+    if settings.checkpoints.tsa_url is None:
+        config = replace(config, tsa_url=url)
     stop = asyncio.Event()
 
     async def run() -> None:
