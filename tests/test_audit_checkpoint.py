@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -14,8 +16,14 @@ from gateway.audit.checkpoint import (
     CheckpointRecord,
     NoteSigner,
     NoteVerifier,
+    checkpoint_signer,
+    checkpoint_verifier,
+    tsa_trust,
+    tsa_url,
     verify_checkpoint_note,
+    write_signing_key,
 )
+from gateway.config import checkpoint_config, settings_from_mapping
 from gateway.errors import ConfigError
 
 # golang.org/x/mod/sumdb/note's documented example: key, text and signed note.
@@ -140,3 +148,40 @@ def test_record_round_trip_and_strict_parsing() -> None:
     ):
         with pytest.raises(CheckpointError):
             CheckpointRecord.parse(value)
+
+
+def test_configuration_of_the_log(tmp_path: Path) -> None:
+    sandbox = settings_from_mapping({"state_dir": str(tmp_path / "state")})
+    signer = checkpoint_signer(sandbox)
+    assert signer.name == "00000099000000099000/blauweknop/audit"
+    assert checkpoint_signer(sandbox).verifier == signer.verifier, "made once, then reused"
+    assert (tmp_path / "state" / "audit-checkpoint.key").stat().st_mode & 0o077 == 0
+    assert tsa_url(sandbox) == "http://127.0.0.1:9109/"
+
+    key = tmp_path / "checkpoint.pem"
+    write_signing_key(key)
+    production = replace(
+        sandbox,
+        mode="production",
+        checkpoints=checkpoint_config({"checkpoint_key_file": str(key)}),
+    )
+    assert checkpoint_signer(production).verifier == checkpoint_verifier(production)
+    with pytest.raises(ConfigError, match="tsa_url"):
+        tsa_url(production)
+    with pytest.raises(ConfigError, match="tsa_ca_file"):
+        tsa_trust(production)
+    auditor = replace(production, checkpoints=checkpoint_config({}))
+    with pytest.raises(ConfigError, match="checkpoint_verifier_key"):
+        checkpoint_verifier(auditor)
+    with pytest.raises(ConfigError, match="checkpoint_key_file"):
+        checkpoint_signer(auditor)
+    wrong_name = NoteSigner("other/log", ed25519.Ed25519PrivateKey.generate()).verifier
+    with pytest.raises(ConfigError, match="named"):
+        checkpoint_verifier(
+            replace(
+                auditor, checkpoints=checkpoint_config({"checkpoint_verifier_key": str(wrong_name)})
+            )
+        )
+    for bad in ({"checkpoint_every_events": 0}, {"checkpoint_every_seconds": 0}):
+        with pytest.raises(ConfigError):
+            checkpoint_config(bad)
