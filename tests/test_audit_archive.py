@@ -7,12 +7,10 @@ verifies every signature. Tampering is done on a copy of the topic in a second r
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import contextlib
 import io
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -26,12 +24,11 @@ from aiokafka import AIOKafkaProducer
 from connectors._sandbox import CITIZENS
 from gateway.audit import EVENTS_TOPIC
 from gateway.audit.archive import write_key_pair
-from gateway.audit.archive_cli import add_commands
 from gateway.audit.broker import EmbeddedBroker, start_broker
 from gateway.audit.kafka import client_options
 from gateway.audit.stream import StreamRecord, read_topic
 from gateway.canonical import canonicalize
-from gateway.errors import BlauweKnopError
+from gateway.cli import main
 from gateway.pki import DevPki
 from tests.conftest import Stack, start_stack
 
@@ -115,24 +112,10 @@ async def blauweknop(
 
     def run() -> int:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            return _cli(args)
+            return main(args)
 
     code = await asyncio.to_thread(run)
     return code, out.getvalue(), err.getvalue()
-
-
-def _cli(argv: list[str]) -> int:
-    """The `blauweknop audit` commands of this helper, until the audit group is in gateway.cli."""
-    parser = argparse.ArgumentParser(prog="blauweknop")
-    sub = parser.add_subparsers()
-    add_commands(sub.add_parser("audit").add_subparsers())
-    args = parser.parse_args(argv)
-    try:
-        result: int = args.run(args)
-    except BlauweKnopError as exc:
-        print(f"blauweknop: {exc}", file=sys.stderr)
-        return 1
-    return result
 
 
 def _env(world: World, broker: EmbeddedBroker | None = None) -> dict[str, str]:
