@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import io
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -352,3 +353,47 @@ async def test_a_backlog_is_merged_by_time_into_the_files_of_its_days(
         kinds = [orjson.loads(line)["topic"] for line in lines]
         assert kinds.count(EVENTS_TOPIC) == 60, day
         assert kinds.count(CHECKPOINTS_TOPIC) == 1, day
+
+
+async def test_audit_verify_checks_the_archive_too(
+    broker: EmbeddedBroker,
+    three_days: Path,
+    key: ed25519.Ed25519PrivateKey,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    from gateway.cli import main
+
+    pinned = tmp_path / "archiver.pub"
+    pinned.write_bytes(
+        key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    )
+    monkeypatch.setenv("BLAUWEKNOP_STATE_DIR", str(tmp_path / "state"))
+
+    def verify() -> tuple[int, str]:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            code = main(
+                [
+                    "audit",
+                    "--bootstrap-server",
+                    broker.bootstrap,
+                    "verify",
+                    "--archive",
+                    str(three_days),
+                    "--archive-key",
+                    str(pinned),
+                ]
+            )
+        return code, out.getvalue()
+
+    code, out = await asyncio.to_thread(verify)
+    assert code == 0, out
+    assert "archive info" in out
+    assert "3 sealed file(s), 1 open" in out
+    (three_days / "audit-2026-03-02.jsonl").unlink()
+    code, out = await asyncio.to_thread(verify)
+    assert code == 1
+    assert "archive error: audit-2026-03-03.jsonl:1: chain broken" in out, out
