@@ -29,6 +29,7 @@ from gateway.audit.kafka import client_options
 from gateway.audit.stream import StreamRecord, read_topic
 from gateway.canonical import canonicalize
 from gateway.cli import main
+from gateway.jws import b64url_decode
 from gateway.pki import DevPki
 from tests.conftest import Stack, start_stack
 
@@ -384,3 +385,63 @@ async def test_the_archive_sink_reproduces_too(
 
 def _documents(folder: Path) -> list[Path]:
     return list(folder.glob("blauwe-knop-*"))
+
+
+async def test_time_travel_across_a_seal_key_rotation_and_an_archivist_key_rotation(
+    broker: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issued under the old seal key and the old archivist key; reproduced after both rotated."""
+    state = tmp_path / "state"
+    pki = DevPki(state / "pki")
+    await asyncio.to_thread(pki.ensure)
+    kafka = {"bootstrap_servers": broker.bootstrap, "idempotence": False}
+    old_archivist = state / "archivist" / "archivist-DEVELOPMENT-ONLY.key"
+
+    stack, runners = await start_stack(state, pki, kafka=kafka)
+    try:
+        before = await _download(stack, EVERYWHERE)
+    finally:
+        await stack.session.close()
+        for runner in runners:
+            await runner.cleanup()
+    # Both keys rotate: a new seal key signs, a new archivist key receives new documents.
+    await asyncio.to_thread(pki.rotate_seal)
+    write_key_pair(tmp_path / "new-archivist.key", tmp_path / "new-archivist.pub")
+    stack, runners = await start_stack(
+        state,
+        pki,
+        kafka=kafka,
+        audit={"archive_public_key_file": str(tmp_path / "new-archivist.pub")},
+    )
+    try:
+        after = await _download(stack, EVERYWHERE)
+        await _published(broker, {before.transactie_id, after.transactie_id}, within=30)
+        world = World(broker, stack, state, [before, after])
+        env = _env(world)
+    finally:
+        await stack.session.close()
+        for runner in runners:
+            await runner.cleanup()
+
+    async def reproduce(tx: str, key: Path, out: Path) -> tuple[int, str, str]:
+        return await blauweknop(
+            ["audit", "reproduce", tx, "--key", str(key), "-o", str(out)], env, monkeypatch
+        )
+
+    code, out, err = await reproduce(before.transactie_id, old_archivist, tmp_path / "before")
+    assert code == 0, err
+    assert next((tmp_path / "before").iterdir()).read_bytes() == before.body
+    code, out2, err = await reproduce(
+        after.transactie_id, tmp_path / "new-archivist.key", tmp_path / "after"
+    )
+    assert code == 0, err
+    assert next((tmp_path / "after").iterdir()).read_bytes() == after.body
+    # Each under its own seal key: the retired one still verifies the old bundle.
+    protected = orjson.loads(before.body)["jws"].split(".")[0]
+    seal_before = orjson.loads(b64url_decode(protected))["kid"]
+    assert f"seal {seal_before} verified" in out
+    assert f"seal {seal_before} verified" not in out2
+    # The old archivist key does not open the new document, and says which key would.
+    code, _, err = await reproduce(after.transactie_id, old_archivist, tmp_path / "x")
+    assert code == 1
+    assert "was encrypted to archivist key" in err
