@@ -277,6 +277,38 @@ async def _at_least(value: float, minimum: float) -> bool:
     return value >= minimum
 
 
+async def test_large_events_go_in_batches_that_fit_and_an_oversized_one_blocks_in_place(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    db = tmp_path / "outbox.db"
+    store = await SqliteStore.open(db)
+    trail = AuditTrail(store, PseudonymKey("k1", b"s" * 32), UITGEVER)
+    big = [trail.event("document.gearchiveerd", f"tx-{i}", {"b": "x" * 30_000}) for i in range(9)]
+    await store.append(big)
+    small_batches = broker.kafka_config(max_message_bytes=64 * 1024)
+    relay = Relay(store, small_batches)
+    relay.start()
+    try:
+        await eventually(lambda: _backlog_is(store, 0), 15, "all nine published")
+        records = await topic_records(broker.kafka_config())
+        assert [orjson.loads(r.value)["id"] for r in records] == [e.event_id for e in big]
+
+        # One event larger than a whole batch: it stays in the outbox, and so does everything
+        # after it (order is kept); the relay keeps trying and counts failures.
+        too_big = trail.event("document.gearchiveerd", "tx-big", {"b": "x" * 100_000})
+        after = trail.event("bundel.uitgegeven", "tx-big", {"n": 1})
+        await store.append([too_big, after])
+        await eventually(
+            lambda: _at_least(relay.metrics.audit_publish_failures._value.get(), 2), 15, "fails"
+        )
+        assert relay.running
+        assert await store.backlog() == 2
+    finally:
+        await relay.stop(drain_seconds=0.5)
+        await store.close()
+    assert len(await topic_records(broker.kafka_config())) == 9
+
+
 # -- the gateway with its relay, under load ------------------------------------------------
 
 

@@ -40,6 +40,7 @@ _MAX_BACKOFF = 5.0
 _BACKLOG_EVERY = 1.0  # seconds between backlog gauge updates
 _STOP_PRODUCER = 3.0  # seconds a producer may take to close before it is torn down
 _UNKNOWN_TOPIC = 3  # Kafka error code UNKNOWN_TOPIC_OR_PARTITION
+_RECORD_OVERHEAD = 128  # record batch header and one record's framing, generously
 
 
 class Relay:
@@ -62,6 +63,9 @@ class Relay:
         self._draining = False
         self._wake = asyncio.Event()
         self._backlog_at = 0.0
+        # How many records to read at once: `relay_batch`, or fewer while the events are so
+        # large (archived documents) that fewer fit in one batch of `max_message_bytes`.
+        self._read_limit = config.relay_batch
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -101,7 +105,7 @@ class Relay:
         backoff = _FIRST_BACKOFF
         while True:
             try:
-                records = await self.store.unsent(self.config.relay_batch)
+                records = await self.store.unsent(self._read_limit)
                 await self._update_backlog(len(records))
                 if not records:
                     if self._draining:
@@ -111,6 +115,10 @@ class Relay:
                 count = await self._publish(records)
                 await self.store.mark_sent([r.seq for r in records[:count]])
                 self.metrics.audit_published.inc(count)
+                if count < len(records):  # read no more than fits: memory, and store time
+                    self._read_limit = count
+                else:
+                    self._read_limit = min(self.config.relay_batch, self._read_limit * 2)
                 backoff = _FIRST_BACKOFF
             except StoreUnavailable:
                 if not self.store.is_open:
@@ -151,11 +159,15 @@ class Relay:
         producer = await self._connected()
         batch = producer.create_batch()
         count = 0
-        for record in records:
-            if batch.append(key=record.key.encode("utf-8"), value=record.payload, timestamp=None):
-                count += 1
-            else:
-                break
+        first = records[0]
+        # The batch builder takes a first record of any size; the broker would refuse it.
+        if len(first.payload) + len(first.key) + _RECORD_OVERHEAD <= self.config.max_message_bytes:
+            for record in records:
+                key = record.key.encode("utf-8")
+                if batch.append(key=key, value=record.payload, timestamp=None):
+                    count += 1
+                else:
+                    break
         if count == 0:
             log.error(
                 "audit event %s (%d bytes) is larger than [kafka] max_message_bytes (%d); "
@@ -218,7 +230,7 @@ class Relay:
             await _tear_down(producer)
 
     async def _update_backlog(self, seen: int) -> None:
-        if seen < self.config.relay_batch:  # all of the backlog was in this read
+        if seen < self._read_limit:  # all of the backlog was in this read
             self.metrics.audit_backlog.set(seen)
             return
         now = time.monotonic()
