@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaProducer
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from gateway.audit import CHECKPOINTS_TOPIC, EVENTS_TOPIC
-from gateway.audit.broker import EmbeddedBroker, create_topics
+from gateway.audit.broker import EmbeddedBroker, create_topics, free_port
 from gateway.audit.checkpoint import CheckpointRecord, NoteSigner
 from gateway.audit.checkpointer import Checkpointer, CheckpointerError, CheckpointerSettings
 from gateway.audit.kafka import producer_options
@@ -373,3 +373,20 @@ async def test_one_checkpointer_at_a_time_and_takeover(log: Log) -> None:
     assert all(r.first_leaf <= prev for r, prev in zip(records[1:], ends, strict=False))
     report = await log.verify()
     assert report.ok, report.problems
+
+
+async def test_no_checkpoint_without_a_time_stamp(log: Log) -> None:
+    port = free_port()
+    await produce(log.broker, EVENTS_TOPIC, [event(i) for i in range(5)])
+    async with log.checkpointer(tsa_url=f"http://127.0.0.1:{port}/") as made:
+        await eventually(lambda: made.active)
+        await asyncio.sleep(1.0)  # several retries against a TSA that is not there
+        assert made.published == []
+        assert await read_all(log.broker, CHECKPOINTS_TOPIC) == []
+        runner, _ = await start_dev_tsa(log.pki, port=port)
+        try:
+            await eventually(lambda: bool(made.published))
+        finally:
+            await runner.cleanup()
+    assert [c.size for c in made.published] == [5]
+    assert (await log.verify()).ok

@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import difflib
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -556,7 +555,3 @@ def read_since_file(text: str) -> str:
         text = note
     split_note(text)
     return text
-
-
-def findings_by_kind(report: VerifyReport, kind: str) -> Iterator[Finding]:
-    return (f for f in report.findings if f.kind == kind)
