@@ -99,3 +99,27 @@ async def test_a_second_broker_gets_its_own_port() -> None:
         await second.stop()
     assert not first.running
     assert not second.running
+
+
+async def test_following_from_the_end_shows_only_new_records(broker: EmbeddedBroker) -> None:
+    # Two batches of ten: Tansu reports the end inside the last batch; none of it is new.
+    await produce(broker, EVENTS_TOPIC, [f"old {i}".encode() for i in range(10)])
+    await produce(broker, EVENTS_TOPIC, [f"old {i}".encode() for i in range(10, 20)])
+    first: list[StreamRecord] = []
+
+    async def follow() -> None:
+        async with contextlib.aclosing(
+            read_topic(broker.kafka_config(), EVENTS_TOPIC, start="end", follow=True)
+        ) as records:
+            async for record in records:
+                first.append(record)
+                return
+
+    task = asyncio.create_task(follow())
+    for n in range(100):  # new records until the follower, wherever it started, sees one
+        await produce(broker, EVENTS_TOPIC, [f"new {n}".encode()])
+        done, _ = await asyncio.wait([task], timeout=0.2)
+        if done:
+            break
+    await asyncio.wait_for(task, 15)
+    assert first[0].value.startswith(b"new "), first[0].value

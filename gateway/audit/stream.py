@@ -99,6 +99,9 @@ async def read_topic(
         end = None if follow or stop is not None else offsets.end
         extra_fetches = 0
         consumer.seek(tp, position)
+        if start == "end":
+            # The reported end may lie inside the last batch (Tansu): skip what is there now.
+            position = await _skip_present(consumer, tp, position)
         progress = time.monotonic()
         while True:
             if stop is not None and position >= stop:
@@ -138,6 +141,20 @@ async def read_topic(
                     timestamp_ms=message.timestamp,
                 )
             position = messages[-1].offset + 1
+
+
+async def _skip_present(consumer: Any, tp: TopicPartition, position: int) -> int:
+    """Read past the records already in the partition; returns the offset after them."""
+    for _ in range(_MAX_FETCHES_PAST_END):
+        try:
+            batch = await consumer.getmany(tp, timeout_ms=300, max_records=10_000)
+        except KafkaError as exc:
+            raise AuditStreamError(f"reading {tp.topic} failed: {exc}") from exc
+        messages = batch.get(tp, [])
+        if not messages:
+            break
+        position = messages[-1].offset + 1
+    return position
 
 
 async def _offsets(consumer: Any, tp: TopicPartition, within: float) -> Offsets:
