@@ -160,6 +160,8 @@ async def start_broker(
         try:
             config = broker.kafka_config()
             await wait_until_ready(config, within, broker, create=TOPICS if create else ())
+            if not broker.running:  # the port was someone else's after all
+                raise AuditStreamError(f"the broker exited with {broker.process.returncode}")
             return broker
         except AuditStreamError as exc:  # e.g. the port was taken between probe and start
             last_error = exc

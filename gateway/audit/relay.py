@@ -51,7 +51,7 @@ class Relay:
         metrics: Metrics | None = None,
         *,
         topic: str = EVENTS_TOPIC,
-        idle_seconds: float = 0.02,
+        idle_seconds: float = 0.1,
     ) -> None:
         self.store = store
         self.config = config
