@@ -116,7 +116,12 @@ def _tail(args: argparse.Namespace) -> int:
     _, kafka = require_kafka(args)
     if args.limit is not None and args.limit < 1:
         raise ConfigError("--limit must be at least 1")
-    return asyncio.run(_tail_async(kafka, args))
+    try:
+        return asyncio.run(_tail_async(kafka, args))
+    except BrokenPipeError:  # `blauweknop audit tail | head`: the reader has enough
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        return 0
 
 
 async def _tail_async(kafka: KafkaConfig, args: argparse.Namespace) -> int:
