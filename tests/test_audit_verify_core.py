@@ -6,6 +6,8 @@ the combinations that would be slow to stage there: several edits at once, edits
 
 from __future__ import annotations
 
+import random
+import time
 import uuid
 from collections.abc import Callable
 
@@ -128,3 +130,34 @@ def test_checkpoint_whose_leaf_hashes_do_not_match_its_root(
     core.add_checkpoint(0, swapped.to_json())
     assert [f.kind for f in core.findings] == ["leaf-hashes"]
     assert core.published.size == 0
+
+
+def test_one_insert_at_the_start_of_a_long_log_is_named_quickly(
+    world: tuple[NoteSigner, DevTsa, TsaTrust],
+) -> None:
+    values = events(60_000)
+    foreign = orjson.dumps({"id": "forged", "n": -1})
+    started = time.perf_counter()
+    found = check(world, values, lambda v: [foreign, *v, *events(3)], [30_000, 60_000])
+    assert found == {("inserted", 0)}
+    assert time.perf_counter() - started < 20
+
+
+def test_a_shuffled_or_replaced_log_is_reported_without_endless_work(
+    world: tuple[NoteSigner, DevTsa, TsaTrust],
+) -> None:
+    values = events(3000)
+
+    def shuffle(v: list[bytes]) -> list[bytes]:
+        random.Random(7).shuffle(v)
+        return v
+
+    started = time.perf_counter()
+    found = check(world, values, shuffle, [3000])
+    assert {kind for kind, _ in found} <= {"reordered", "more"}
+    assert ("more", None) in found
+    assert time.perf_counter() - started < 20
+
+    many = events(60_000)
+    found = check(world, many, lambda v: events(60_000), [60_000])
+    assert found == {("rewritten", 0)}

@@ -52,6 +52,9 @@ from gateway.tsa import TimestampError, TsaTrust, verify_timestamp
 
 Severity = Literal["problem", "info"]
 MAX_EVENT_BYTES = 16 * 1024 * 1024
+# A damaged stretch longer than this is reported as a whole, not aligned event by event.
+MAX_ALIGN = 50_000
+MAX_NAMED = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,17 +359,67 @@ class LogVerifier:
                 )
             return
         first = _first_difference(expected_bytes, observed_bytes)
-        expected = _split(expected_bytes[first * HASH_SIZE :])
-        actual = _split(self.observed.leaf_hashes(first, observed))
-        self._name_differences(first, expected, actual)
+        everything = self.observed.leaf_hashes()
+        # Anchor the end of the checkpointed log on the topic (its last few leaves, searched
+        # from the end), so that the window to align is only the damaged stretch.
+        anchor = min(8, covered - first)
+        last = _rfind_block(everything, expected_bytes[-anchor * HASH_SIZE :], first)
+        if last is None:
+            exp_end, obs_end, open_end = covered, observed, True
+        else:
+            same = _common_suffix(
+                expected_bytes[first * HASH_SIZE :],
+                everything[first * HASH_SIZE : last * HASH_SIZE],
+            )
+            exp_end, obs_end, open_end = covered - same, last - same, False
+            if last < observed:
+                self._find(
+                    "info",
+                    self.events_topic,
+                    self._offset(last),
+                    "uncovered",
+                    f"{observed - last} newer events are not yet covered by a checkpoint",
+                )
+        expected = _split(expected_bytes[first * HASH_SIZE : exp_end * HASH_SIZE])
+        actual = _split(everything[first * HASH_SIZE : obs_end * HASH_SIZE])
+        if len(expected) > MAX_ALIGN or len(actual) > MAX_ALIGN:
+            self._find(
+                "problem",
+                self.events_topic,
+                self._offset(first) if first < observed else None,
+                "rewritten",
+                f"from leaf {first} on, {len(expected)} checkpointed events and {len(actual)} "
+                "events on the topic differ: too many to name one by one",
+            )
+            return
+        before = len(self.findings)
+        self._name_differences(first, expected, actual, open_end)
+        named = self.findings[before:]
+        if len(named) > MAX_NAMED:
+            del self.findings[before + MAX_NAMED :]
+            self._find(
+                "problem",
+                self.events_topic,
+                None,
+                "more",
+                f"{len(named) - MAX_NAMED} more differences are not listed",
+            )
 
-    def _name_differences(self, first: int, expected: list[bytes], actual: list[bytes]) -> None:
+    def _name_differences(
+        self, first: int, expected: list[bytes], actual: list[bytes], open_end: bool
+    ) -> None:
         topic = self.events_topic
         matcher = difflib.SequenceMatcher(None, expected, actual, autojunk=False)
         opcodes = matcher.get_opcodes()
         # Trailing observed events after the last checkpointed one are merely not covered yet.
         trailing_from: int | None = None
-        if opcodes and opcodes[-1][0] == "insert" and opcodes[-1][1] == len(expected):
+        if (
+            open_end
+            and opcodes
+            and opcodes[-1][0] == "insert"
+            and opcodes[-1][1] == len(expected)
+            and set(actual[opcodes[-1][3] :]).isdisjoint(expected)
+        ):
             trailing_from = opcodes[-1][3]
             opcodes = opcodes[:-1]
         # expected leaf hash -> (its leaf index, the observed position where it is missing)
@@ -407,13 +460,14 @@ class LogVerifier:
                 )
         for h_obs, obs_leaf in sorted(extra.items(), key=lambda item: item[1]):
             moved = missing.pop(h_obs, None)
-            if moved is not None:
+            origin = moved[0] if moved else replaced_expected.get(h_obs)
+            if origin is not None:
                 self._find(
                     "problem",
                     topic,
                     self._offset(obs_leaf),
                     "reordered",
-                    f"holds the event the checkpoints record as leaf {moved[0]}",
+                    f"holds the event the checkpoints record as leaf {origin}",
                 )
                 continue
             copy_of = self._copy_of(h_obs, obs_leaf)
@@ -475,6 +529,31 @@ class LogVerifier:
                 return position // HASH_SIZE
             position = hashes.find(hashed, position + 1)
         return None
+
+
+def _rfind_block(hashes: bytes, block: bytes, first: int) -> int | None:
+    """The leaf index just after the last leaf-aligned occurrence of `block`, at or after leaf
+    `first`; None if it is not there."""
+    end = len(hashes)
+    while True:
+        position = hashes.rfind(block, first * HASH_SIZE, end)
+        if position < 0:
+            return None
+        if position % HASH_SIZE == 0:
+            return (position + len(block)) // HASH_SIZE
+        end = position + len(block) - 1
+
+
+def _common_suffix(a: bytes, b: bytes) -> int:
+    """How many trailing leaf hashes two concatenations share."""
+    lo, hi = 0, min(len(a), len(b)) // HASH_SIZE
+    while lo < hi:  # invariant: the last lo leaves agree; more than hi do not
+        mid = (lo + hi + 1) // 2
+        if a[len(a) - mid * HASH_SIZE :] == b[len(b) - mid * HASH_SIZE :]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def _split(hashes: bytes) -> list[bytes]:
