@@ -85,6 +85,17 @@ async def test_find_lists_what_one_citizen_received_and_tail_decodes_events(
     assert code == 0
     assert orjson.loads(out)["transactions"] == [], "nothing outside the period"
 
+    other_key = tmp_path / "rotated.key"
+    other_key.write_bytes(b"r" * 32)
+    code, out, _ = await run(
+        "audit", *kafka, "find", "--bsn", citizen.bsn, "--from", today, "--to", today,
+        "--key", str(other_key), "--json",
+    )  # fmt: skip
+    assert code == 0
+    other = orjson.loads(out)
+    assert other["transactions"] == []
+    assert other["events_with_other_keys"] > 0, "events of another key are reported, not missed"
+
     code, out, err = await run(
         "audit", *kafka, "find", "--bsn", "123456789", "--from", today, "--to", today
     )
