@@ -111,7 +111,8 @@ async def _audit_trail(app: web.Application) -> AsyncIterator[None]:
     else:
         raise ConfigError("production mode needs [audit] archive_public_key_file")
     store = await SqliteStore.open(settings.store_path)
-    app[AUDIT] = AuditTrail(store, key, settings.uitgever, archive_key)
+    max_event_bytes = settings.kafka.max_message_bytes if settings.kafka else None
+    app[AUDIT] = AuditTrail(store, key, settings.uitgever, archive_key, max_event_bytes)
     try:
         yield
     finally:

@@ -445,3 +445,32 @@ async def test_time_travel_across_a_seal_key_rotation_and_an_archivist_key_rotat
     code, _, err = await reproduce(after.transactie_id, old_archivist, tmp_path / "x")
     assert code == 1
     assert "was encrypted to archivist key" in err
+
+
+async def test_a_document_too_large_for_kafka_is_not_released(
+    broker: EmbeddedBroker, state_dir: Path, pki: DevPki
+) -> None:
+    """An event Kafka would refuse would stop the relay: the gateway refuses that document."""
+    kafka = {
+        "bootstrap_servers": broker.bootstrap,
+        "idempotence": False,
+        "max_message_bytes": 65536,
+    }
+    stack, runners = await start_stack(state_dir, pki, kafka=kafka)
+    try:
+        async with stack.session.post(
+            f"{stack.url}/v1/sandbox/bundel", json={"bsn": EVERYWHERE}
+        ) as response:
+            assert response.status == 500
+            assert response.content_type == "application/problem+json"
+            body = await response.read()
+            refused = response.headers["X-Transactie-Id"]
+        assert b"financiele_zaken" not in body
+        assert EVERYWHERE.encode() not in body
+        small = await _download(stack, "999990007")  # Anna de Vries: no data anywhere
+        await _published(broker, {small.transactie_id}, within=30)
+    finally:
+        await stack.session.close()
+        for runner in runners:
+            await runner.cleanup()
+    assert refused.encode() not in {r.key for r in await topic(broker)}, "no evidence of it"

@@ -67,12 +67,15 @@ class AuditTrail:
         key: PseudonymKey,
         uitgever: Organisatie,
         archive_key: ArchivistPublicKey | None = None,
+        max_event_bytes: int | None = None,
     ) -> None:
         self.store = store
         self.key = key
         self.source = f"urn:oin:{uitgever.oin}:blauweknop-gateway"
         # The archivist's public key: every issued document is archived encrypted to it.
         self.archive_key = archive_key
+        # The largest event Kafka takes ([kafka] max_message_bytes), when there is a relay.
+        self.max_event_bytes = max_event_bytes
 
     def event(self, name: str, transactie_id: str, data: dict[str, Any]) -> OutboxRecord:
         """One CloudEvents 1.0 event in structured JSON, keyed by transaction id."""
@@ -129,14 +132,24 @@ class AuditTrail:
             )
             for b in bronnen
         ]
-        records.extend(
+        archived = [
             self.event(
                 EVENT_ARCHIVED,
                 transactie_id,
                 {"burger": pseudonym, "bundel_id": bundel_id, **s.event_data()},
             )
             for s in sealed
-        )
+        ]
+        limit = self.max_event_bytes
+        for record, s in zip(archived, sealed, strict=True):
+            # An event Kafka refuses would stop the relay; refuse the document instead.
+            if limit is not None and len(record.payload) + len(record.key) + 1024 > limit:
+                raise ArchiveError(
+                    f"the archived {s.formaat} document ({s.grootte} bytes) makes an audit event "
+                    f"of {len(record.payload)} bytes, more than Kafka takes ([kafka] "
+                    f"max_message_bytes = {limit}); raise it and the topic's max.message.bytes"
+                )
+        records.extend(archived)
         records.append(
             self.event(
                 "bundel.uitgegeven",
