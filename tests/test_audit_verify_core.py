@@ -6,6 +6,7 @@ the combinations that would be slow to stage there: several edits at once, edits
 
 from __future__ import annotations
 
+import datetime as dt
 import random
 import time
 import uuid
@@ -38,19 +39,24 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[NoteSigner, DevTsa,
 
 
 def checkpoint_records(
-    values: list[bytes], sizes: list[int], signer: NoteSigner, tsa: DevTsa
+    values: list[bytes],
+    sizes: list[int],
+    signer: NoteSigner,
+    tsa: DevTsa,
+    times: list[dt.datetime] | None = None,
 ) -> list[bytes]:
     """Records as the checkpointer makes them; the time-stamp from the TSA's own signer."""
     from gateway.tsa.client import timestamp_request
 
     tree = MerkleTree(leaf_hash(v) for v in values)
     records, previous = [], 0
-    for size in sizes:
+    for i, size in enumerate(sizes):
         text = Checkpoint(ORIGIN, size, tree.root(size)).text()
         request, _ = timestamp_request(text.encode())
+        stamp = tsa.respond(request, now=times[i] if times else None)
         records.append(
             CheckpointRecord(
-                signer.sign(text), tsa.respond(request), previous, tree.leaf_hashes(previous, size)
+                signer.sign(text), stamp, previous, tree.leaf_hashes(previous, size)
             ).to_json()
         )
         previous = size
@@ -161,3 +167,19 @@ def test_a_shuffled_or_replaced_log_is_reported_without_endless_work(
     many = events(60_000)
     found = check(world, many, lambda v: events(60_000), [60_000])
     assert found == {("rewritten", 0)}
+
+
+def test_a_back_dated_checkpoint_is_a_problem(world: tuple[NoteSigner, DevTsa, TsaTrust]) -> None:
+    signer, tsa, trust = world
+    values = events(30)
+    now = dt.datetime.now(dt.UTC)
+    in_order = checkpoint_records(values, [10, 20, 30], signer, tsa, [now, now, now])
+    back_dated = checkpoint_records(
+        values, [10, 20, 30], signer, tsa, [now, now - dt.timedelta(minutes=3), now]
+    )
+    for records, expected in ((in_order, []), (back_dated, ["time-order"])):
+        core = LogVerifier(ORIGIN, signer.verifier, trust)
+        for offset, record in enumerate(records):
+            core.add_checkpoint(offset, record)
+        assert [f.kind for f in core.findings] == expected
+        assert core.published.size == 30

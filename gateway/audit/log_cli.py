@@ -188,9 +188,9 @@ def _verify(args: argparse.Namespace, resolve: Resolve) -> int:
         for finding in report.findings:
             print(finding)
         print(report.summary())
-        if report.checkpoints:
+        if report.newest:
             print("Keep the newest checkpoint to check consistency next time (--since):")
-            print(report.checkpoints[-1].note, end="")
+            print(report.newest.note, end="")
     archive_errors = verify_archive_option(args)
     return 0 if report.ok and not archive_errors else 1
 

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import array
 import asyncio
+import bisect
 import contextlib
+import datetime as dt
 import difflib
 import time
 from dataclasses import dataclass, field
@@ -55,6 +57,8 @@ MAX_EVENT_BYTES = 16 * 1024 * 1024
 # A damaged stretch longer than this is reported as a whole, not aligned event by event.
 MAX_ALIGN = 50_000
 MAX_NAMED = 1000
+# Time-stamps carry an accuracy (the development TSA: 1 s); allow for it when ordering them.
+TIME_TOLERANCE = dt.timedelta(seconds=2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +96,11 @@ class VerifyReport:
         return not any(f.severity == "problem" for f in self.findings)
 
     @property
+    def newest(self) -> VerifiedCheckpoint | None:
+        """The valid checkpoint of the largest tree: the one to keep for `--since`."""
+        return max(self.checkpoints, key=lambda c: c.checkpoint.size, default=None)
+
+    @property
     def problems(self) -> list[Finding]:
         return [f for f in self.findings if f.severity == "problem"]
 
@@ -99,8 +108,12 @@ class VerifyReport:
         rate = f" in {self.seconds:.2f} s" if self.seconds else ""
         if self.seconds and self.events >= 10_000:
             rate += f" ({self.events / self.seconds:,.0f} events/s)"
-        newest = self.checkpoints[-1].checkpoint if self.checkpoints else None
-        head = f"newest checkpoint: tree size {newest.size}" if newest else "no valid checkpoint"
+        newest = self.newest
+        head = (
+            f"newest checkpoint: tree size {newest.checkpoint.size}, time-stamped {newest.time}"
+            if newest
+            else "no valid checkpoint"
+        )
         verdict = "OK" if self.ok else f"FAILED: {len(self.problems)} problem(s)"
         return (
             f"{verdict} — {self.events} events read{rate}, {len(self.checkpoints)} valid "
@@ -123,6 +136,8 @@ class LogVerifier:
     # Checkpoints that verify but whose leaf hashes cannot be placed (a gap before them).
     unanchored: list[Checkpoint] = field(default_factory=list)
     _ids: dict[str, int] = field(default_factory=dict)
+    _stamp_sizes: list[int] = field(default_factory=list)
+    _stamp_times: list[dt.datetime] = field(default_factory=list)
     _offsets: array.array[int] = field(default_factory=lambda: array.array("q"))
     _events_read: int = 0
     _first_event_offset: int = 0
@@ -206,11 +221,36 @@ class LogVerifier:
                     "reproduce its signed root",
                 )
                 return
+        self._check_time_order(offset, checkpoint.size, stamp.time)
         self.checkpoints.append(
             VerifiedCheckpoint(
                 offset, checkpoint, record.note, record.timestamp, stamp.time.isoformat()
             )
         )
+
+    def _check_time_order(self, offset: int, size: int, when: dt.datetime) -> None:
+        """A larger tree cannot have been time-stamped before a smaller one (beyond accuracy)."""
+        sizes, times = self._stamp_sizes, self._stamp_times
+        before = bisect.bisect_left(sizes, size) - 1
+        after = bisect.bisect_right(sizes, size)
+        if before >= 0 and times[before] > when + TIME_TOLERANCE:
+            other = (sizes[before], times[before])
+        elif after < len(sizes) and times[after] < when - TIME_TOLERANCE:
+            other = (sizes[after], times[after])
+        else:
+            other = None
+        if other is not None:
+            self._find(
+                "problem",
+                self.checkpoints_topic,
+                offset,
+                "time-order",
+                f"checkpoint of tree size {size} is time-stamped {when.isoformat()}, but the "
+                f"one of tree size {other[0]} {other[1].isoformat()}: a checkpoint was "
+                "back-dated or made later than it claims",
+            )
+        sizes.insert(after, size)
+        times.insert(after, when)
 
     # --- --since -----------------------------------------------------------------------------
 
