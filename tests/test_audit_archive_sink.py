@@ -397,3 +397,23 @@ async def test_audit_verify_checks_the_archive_too(
     code, out = await asyncio.to_thread(verify)
     assert code == 1
     assert "archive error: audit-2026-03-03.jsonl:1: chain broken" in out, out
+
+
+def test_a_producer_clock_far_ahead_does_not_hold_a_future_file_open(
+    tmp_path: Path, key: ed25519.Ed25519PrivateKey
+) -> None:
+    directory = tmp_path / "archive"
+    writer = ArchiveWriter(directory, key)
+    writer.resume()
+    future = _records(EVENTS_TOPIC, 0, [dt.date(2099, 1, 1)])
+    writer.write_batch(future, today=DAY)
+    later = DAY + dt.timedelta(days=2)
+    writer.write_batch(_records(EVENTS_TOPIC, 1, [later]), today=later)
+    writer.close()
+    assert sorted(p.name for p in directory.iterdir()) == [
+        "audit-2026-03-02.jsonl",
+        "audit-2026-03-03.jsonl.open",
+    ], "the 2099 record went into tomorrow's file"
+    findings = verify_archive(directory)
+    assert errors(findings) == []
+    assert any("broker timestamp of 2099-01-01, after the file's day" in str(f) for f in findings)

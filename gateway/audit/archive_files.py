@@ -246,21 +246,23 @@ def _parse(line: bytes) -> dict[str, Any]:
     return value
 
 
-def _parse_record(line: dict[str, Any], day: dt.date) -> StreamRecord:
+def _parse_record(line: dict[str, Any]) -> StreamRecord:
     if set(line) != {"type", "topic", "partition", "offset", "timestamp", "key", "value"}:
         raise _LineError("record line has missing or unknown fields")
     topic, partition, offset, ts = (line[k] for k in ("topic", "partition", "offset", "timestamp"))
     if not isinstance(topic, str) or not _TOPIC.fullmatch(topic):
         raise _LineError("malformed topic")
-    for name, number in (("partition", partition), ("offset", offset), ("timestamp", ts)):
-        if not isinstance(number, int) or isinstance(number, bool) or not 0 <= number < 2**63:
+    # Kafka's timestamp is -1 for a record without one.
+    for name, number, low in (
+        ("partition", partition, 0),
+        ("offset", offset, 0),
+        ("timestamp", ts, -1),
+    ):
+        if not isinstance(number, int) or isinstance(number, bool) or not low <= number < 2**63:
             raise _LineError(f"malformed {name}")
     key = None if line["key"] is None else _b64(line["key"], "key")
     value = _b64(line["value"], "value")
-    record = StreamRecord(topic, partition, offset, key, value, ts)
-    if record_day(record) > day:
-        raise _LineError(f"a record of {record_day(record)} in the file of {day}")
-    return record
+    return StreamRecord(topic, partition, offset, key, value, ts)
 
 
 def _b64(value: Any, name: str) -> bytes:
@@ -272,8 +274,15 @@ def _b64(value: Any, name: str) -> bytes:
         raise _LineError(f"{name} is not base64") from exc
 
 
+_EPOCH = dt.date(1970, 1, 1)
+
+
 def record_day(record: StreamRecord) -> dt.date:
-    return dt.datetime.fromtimestamp(record.timestamp_ms / 1000, dt.UTC).date()
+    """The UTC day of the broker timestamp (no timestamp: 1970-01-01)."""
+    try:
+        return max(_EPOCH, dt.datetime.fromtimestamp(record.timestamp_ms / 1000, dt.UTC).date())
+    except (OverflowError, ValueError, OSError):
+        return dt.date.max if record.timestamp_ms > 0 else _EPOCH
 
 
 def _lines(f: IO[bytes]) -> Iterator[tuple[int, bytes]]:
@@ -400,7 +409,7 @@ class ArchiveWriter:
                         if line.get("type") != "header" or line.get("day") != day.isoformat():
                             raise ArchiveFileError(f"{path.name}: the first line is not its header")
                     elif line["type"] == "record":
-                        record = _parse_record(line, day)
+                        record = _parse_record(line)
                         self._advance(ranges, record)
                     elif line["type"] == "gap":
                         topic, partition, _, last = _parse_gap(line)
@@ -442,14 +451,20 @@ class ArchiveWriter:
     def start_offset(self, topic: str, partition: int = 0) -> int | None:
         return self.next_offsets.get((topic, partition))
 
-    def add(self, record: StreamRecord) -> bool:
-        """Append one record (False if it is already archived: an at-least-once redelivery)."""
+    def add(self, record: StreamRecord, today: dt.date | None = None) -> bool:
+        """Append one record (False if it is already archived: an at-least-once redelivery).
+
+        With `today`, a timestamp more than a day ahead of it (a producer's clock gone wrong)
+        counts as tomorrow, so that one bad record cannot hold a far-future file open.
+        """
         key = (record.topic, record.partition)
         expected = self.next_offsets.get(key)
         if expected is not None and record.offset < expected:
             self.skipped += 1
             return False
         day = record_day(record)
+        if today is not None:
+            day = min(day, today + dt.timedelta(days=1))
         if self.current is not None and day > self.current.day:
             self.seal()
         if self.current is None:
@@ -480,9 +495,9 @@ class ArchiveWriter:
         digest = hashlib.sha256(header)
         self.current = _OpenFile(day, path, handle, digest)
 
-    def write_batch(self, records: Sequence[StreamRecord]) -> None:
+    def write_batch(self, records: Sequence[StreamRecord], today: dt.date | None = None) -> None:
         for record in records:
-            self.add(record)
+            self.add(record, today)
         self.sync()
 
     def idle(self, today: dt.date) -> None:
@@ -629,7 +644,7 @@ async def run_archiver(
             behind = [t for t in topics if t not in heads and t not in done and not caught_up[t]]
             if behind or not heads:
                 if pending:
-                    await asyncio.to_thread(writer.write_batch, pending)
+                    await asyncio.to_thread(writer.write_batch, pending, today())
                     pending = []
                 arrived.clear()
                 if any(not queues[t].empty() for t in topics if t not in heads and t not in done):
@@ -647,11 +662,11 @@ async def run_archiver(
             first = min(heads, key=lambda t: (heads[t].timestamp_ms, t))
             pending.append(heads.pop(first))
             if len(pending) >= batch:
-                await asyncio.to_thread(writer.write_batch, pending)
+                await asyncio.to_thread(writer.write_batch, pending, today())
                 pending = []
         _raise_failed(readers)
         if pending:
-            await asyncio.to_thread(writer.write_batch, pending)
+            await asyncio.to_thread(writer.write_batch, pending, today())
         await asyncio.to_thread(writer.idle, today())
     finally:
         for task in readers:
@@ -682,12 +697,11 @@ def read_archive(directory: Path, topic: str = EVENTS_TOPIC) -> Iterator[StreamR
     sealed, opened = _archive_files(directory)
     for _, path in (*sealed, *opened):
         with path.open("rb") as f:
-            day = dt.date.fromisoformat(_NAME.fullmatch(path.name).group(1))  # type: ignore[union-attr]
             try:
                 for _, raw in _lines(f):
                     line = _parse(raw)
                     if line["type"] == "record" and line.get("topic") == topic:
-                        yield _parse_record(line, day)
+                        yield _parse_record(line)
             except _LineError as exc:
                 if opened and path == opened[0][1]:
                     return  # a torn last line of the day being written
@@ -784,7 +798,7 @@ class _VerifyState:
                     if number == 1:
                         self._check_header(path, day, line)
                     elif line["type"] == "record":
-                        self._check_record(path, number, _parse_record(line, day), ranges)
+                        self._check_record(path, number, day, _parse_record(line), ranges)
                     elif line["type"] == "gap":
                         self._check_gap(path, number, *_parse_gap(line))
                     elif line["type"] == "seal":
@@ -870,9 +884,24 @@ class _VerifyState:
         )
 
     def _check_record(
-        self, path: Path, number: int, record: StreamRecord, ranges: dict[str, _Range]
+        self,
+        path: Path,
+        number: int,
+        day: dt.date,
+        record: StreamRecord,
+        ranges: dict[str, _Range],
     ) -> None:
         self.records += 1
+        if record_day(record) > day:
+            self.findings.append(
+                ArchiveFinding(
+                    "info",
+                    path.name,
+                    f"{record.topic}/{record.partition} offset {record.offset}: broker timestamp "
+                    f"of {record_day(record)}, after the file's day (a producer clock ahead?)",
+                    number,
+                )
+            )
         key = (record.topic, record.partition)
         if key not in self.offsets:
             self.offsets[key] = (record.offset, record.offset + 1)
