@@ -50,6 +50,13 @@ def test_go_note_vector() -> None:
         verifier.verify(GO_NOTE.replace("cryptography", "cryptographY"))
 
 
+def test_verifier_keys_whose_base64_holds_a_plus() -> None:
+    # transparency-dev/formats note tests: a type-0x01 key whose base64 contains '+'.
+    verifier = NoteVerifier.parse("TEST+7997405c+AQcC+FTVKf0jlTdHDY3rbevmnKxxPjigCXlVtGe6RIr6")
+    assert verifier.name == "TEST"
+    assert str(verifier) == "TEST+7997405c+AQcC+FTVKf0jlTdHDY3rbevmnKxxPjigCXlVtGe6RIr6"
+
+
 def test_unknown_signatures_are_ignored_but_one_known_is_needed() -> None:
     ours = NoteSigner("example.org/log", ed25519.Ed25519PrivateKey.generate())
     other = NoteSigner("witness.example", ed25519.Ed25519PrivateKey.generate())

@@ -100,6 +100,18 @@ async def test_checkpointer_verify_prove_as_commands(
         code, out, err = await run(*audit, "verify-proof", str(proof), env=env)
         assert code == 0, out + err
         assert "proof verifies" in out
+        # Offline, with nothing but the log's key and the TSA's CA (no configuration at all).
+        code, out, err = await run(
+            "audit",
+            "verify-proof",
+            str(proof),
+            "--verifier-key",
+            document["log"]["verifier_key"],
+            "--tsa-ca",
+            str(pki.root_cert),
+            env={"BLAUWEKNOP_STATE_DIR": str(tmp_path / "elsewhere")},
+        )
+        assert code == 0, out + err
         document["events"][0]["inclusion_proof"].reverse()
         proof.write_bytes(orjson.dumps(document))
         code, out, _ = await run(*audit, "verify-proof", str(proof), env=env)

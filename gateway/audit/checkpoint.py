@@ -90,7 +90,7 @@ class NoteVerifier:
     @classmethod
     def parse(cls, text: str) -> NoteVerifier:
         """Read `<name>+<8 hex digits>+<base64(0x01 || 32-byte Ed25519 key)>`."""
-        parts = text.strip().split("+")
+        parts = text.strip().split("+", 2)  # the base64 key may itself hold '+'s
         if len(parts) != 3 or not re.fullmatch(r"[0-9a-f]{8}", parts[1]):
             raise ConfigError(
                 "a checkpoint verifier key looks like <name>+<8 hex digits>+<base64 key>; "

@@ -39,6 +39,7 @@ from gateway.audit.prove import check_proof_document, prove_transaction
 from gateway.audit.verify import read_since_file, verify_log
 from gateway.config import KafkaConfig, Settings
 from gateway.errors import ConfigError
+from gateway.tsa import TsaTrust
 
 
 def add_commands(audit: Any, resolve: Resolve = resolve_settings) -> None:
@@ -102,6 +103,12 @@ def add_commands(audit: Any, resolve: Resolve = resolve_settings) -> None:
     check.add_argument(
         "--verifier-key",
         help="the log's key <name>+<id>+<base64>; default: [audit] checkpoint_verifier_key",
+    )
+    check.add_argument(
+        "--tsa-ca",
+        type=Path,
+        metavar="PEM",
+        help="the time-stamping authority's CA certificate; default: [audit] tsa_ca_file",
     )
     check.set_defaults(run=lambda args: _verify_proof(args, resolve))
 
@@ -236,7 +243,8 @@ def _verify_proof(args: argparse.Namespace, resolve: Resolve) -> int:
         raw = args.file.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read {args.file}: {exc}") from exc
-    result = check_proof_document(raw, verifier, tsa_trust(settings))
+    trust = TsaTrust.from_files(args.tsa_ca) if args.tsa_ca else tsa_trust(settings)
+    result = check_proof_document(raw, verifier, trust)
     for line in result.lines:
         print(f"OK      {line}")
     for problem in result.problems:
