@@ -13,6 +13,7 @@ from aiohttp import web
 from connectors._sandbox import CITIZENS
 from connectors._sandbox.runner import RunningSandbox, serve_app, start_sandbox
 from gateway.app import create_app
+from gateway.audit.archive import development_key_path
 from gateway.audit.broker import EmbeddedBroker, start_broker
 from gateway.audit.checkpointer import demo_checkpointing
 from gateway.audit.cli import demo_address_file
@@ -111,6 +112,11 @@ def _banner(settings: Settings, base: str, with_sandboxes: bool) -> str:
             lines += [
                 f"  Merkle log: checkpoints time-stamped by the development TSA on port "
                 f"{settings.dev_tsa_port}; blauweknop audit verify"
+            ]
+        if settings.mode == "sandbox" and settings.archive_public_key_file is None:
+            key = development_key_path(settings.state_dir)
+            lines += [
+                f"  archived documents: blauweknop audit reproduce <X-Transactie-Id> --key {key}"
             ]
     lines += [
         f"  keys: {base}/.well-known/jwks.json   metrics: {base}/metrics",

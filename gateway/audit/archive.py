@@ -100,6 +100,11 @@ def archive_key_id(public_key: x25519.X25519PublicKey) -> str:
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
+def development_key_path(state_dir: Path) -> Path:
+    """Sandbox only: where the development archivist's private key is made."""
+    return state_dir / "archivist" / _DEV_PRIVATE
+
+
 @dataclass(frozen=True, slots=True)
 class ArchivistPublicKey:
     """What the gateway holds: the public half only."""
