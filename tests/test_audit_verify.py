@@ -320,6 +320,11 @@ async def test_prove_and_consistency_with_a_kept_checkpoint(log: Log) -> None:
     assert report.ok, report.problems
     assert any(f.kind == "consistency" for f in report.findings)
 
+    # --since reads on from the kept checkpoint, but checks the record at its boundary first.
+    boundary = await log.copy("boundary", lambda v: [*v[:19], v[19] + b" ", *v[20:]])
+    report = await log.verify(since_note=kept, **boundary)
+    assert kinds(report) == {("altered", 19)}
+
     # The checkpointer refuses to continue a log whose events no longer match its checkpoints.
     tampered = await log.copy("tampered", lambda v: [v[0].replace(b'"n":0', b'"n":9'), *v[1:]])
     refusing = Checkpointer(log.settings(**tampered))

@@ -643,12 +643,11 @@ async def verify_log(
     async with contextlib.aclosing(read_topic(kafka, checkpoints_topic)) as records:
         async for record in records:
             core.add_checkpoint(record.offset, record.value)
-    start = 0
-    if since_note is not None:
-        old = core.check_since(since_note)
-        if old is not None:
-            core.start_events_at(old.size)
-            start = old.size
+    old = core.check_since(since_note) if since_note is not None else None
+    if old is not None and old.size > 0 and await _resume_after(kafka, core, old.size):
+        start = old.size
+    else:
+        start = 0
     async with contextlib.aclosing(
         read_topic(kafka, events_topic, start=start, max_records=10_000)
     ) as events:
@@ -656,6 +655,31 @@ async def verify_log(
             core.add_event(record.offset, record.value)
     # The alignment can be heavy for a badly damaged log: keep the loop free.
     return await asyncio.to_thread(core.finish, time.perf_counter() - started)
+
+
+async def _resume_after(kafka: KafkaConfig, core: LogVerifier, size: int) -> bool:
+    """Take leaves [0, size) from the authenticated hashes if the topic's record at offset
+    size - 1 is leaf size - 1 (true on Kafka, where offsets have no gaps); else read all."""
+    async with contextlib.aclosing(
+        read_topic(kafka, core.events_topic, start=size - 1, stop=size)
+    ) as records:
+        boundary = [r async for r in records]
+    if (
+        len(boundary) == 1
+        and boundary[0].offset == size - 1
+        and leaf_hash(boundary[0].value) == core.published.leaf_hash(size - 1)
+    ):
+        core.start_events_at(size)
+        return True
+    core._find(
+        "info",
+        core.events_topic,
+        size - 1,
+        "since",
+        "the record at the kept checkpoint's last offset is not its last leaf; reading the "
+        "topic from the beginning",
+    )
+    return False
 
 
 def read_since_file(text: str) -> str:
