@@ -245,3 +245,17 @@ async def test_megabyte_documents_seal_and_open(
     assert [s.formaat for s in sealed] == ["pdf", "json"]
     assert open_document(sealed[0], TX, private) == big.content
     assert sealed[0].grootte == len(big.content)
+
+
+def test_the_development_key_is_made_once_when_gateways_start_together(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    for attempt in range(5):
+        state = tmp_path / str(attempt)
+        with ThreadPoolExecutor(4) as pool:
+            keys = list(pool.map(ArchivistPublicKey.development, [state] * 4))
+        assert len({k.key_id for k in keys}) == 1
+        private = ArchivistPrivateKey.from_file(
+            state / "archivist" / "archivist-DEVELOPMENT-ONLY.key"
+        )
+        assert private.key_id == keys[0].key_id

@@ -25,6 +25,7 @@ import binascii
 import hashlib
 import os
 import re
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,7 +148,12 @@ class ArchivistPublicKey:
         public = folder / _DEV_PUBLIC
         if not public.exists():
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-            write_key_pair(folder / _DEV_PRIVATE, public)
+            try:
+                write_key_pair(folder / _DEV_PRIVATE, public)
+            except ArchiveKeyError:  # another process is making it right now
+                deadline = time.monotonic() + 5
+                while not public.exists() and time.monotonic() < deadline:
+                    time.sleep(0.02)
         return cls.from_file(public)
 
 
@@ -187,9 +193,12 @@ def write_key_pair(private_path: Path, public_path: Path) -> ArchivistPublicKey:
         raise ArchiveKeyError(f"{private_path} exists; not overwriting a key") from exc
     with os.fdopen(fd, "wb") as f:
         f.write(pem)
-    public_path.write_bytes(
+    # Written whole, then renamed: a reader never sees half a key.
+    partial = public_path.with_name(f".{public_path.name}.{os.getpid()}")
+    partial.write_bytes(
         key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
     )
+    os.replace(partial, public_path)
     return ArchivistPublicKey.from_public_key(key.public_key())
 
 
