@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 _FIRST_BACKOFF = 0.2
 _MAX_BACKOFF = 5.0
+_LINGER = 0.05  # seconds between batches while the relay keeps up
 _BACKLOG_EVERY = 1.0  # seconds between backlog gauge updates
 _STOP_PRODUCER = 3.0  # seconds a producer may take to close before it is torn down
 _UNKNOWN_TOPIC = 3  # Kafka error code UNKNOWN_TOPIC_OR_PARTITION
@@ -119,6 +120,10 @@ class Relay:
                     self._read_limit = count
                 else:
                     self._read_limit = min(self.config.relay_batch, self._read_limit * 2)
+                if len(records) < self._read_limit and not self._draining:
+                    # Caught up: let a few more events gather first. Fewer, larger batches mean
+                    # fewer synced `mark_sent` commits competing with the requests' appends.
+                    await asyncio.sleep(_LINGER)
                 backoff = _FIRST_BACKOFF
             except StoreUnavailable:
                 if not self.store.is_open:
