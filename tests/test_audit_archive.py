@@ -474,3 +474,27 @@ async def test_a_document_too_large_for_kafka_is_not_released(
         for runner in runners:
             await runner.cleanup()
     assert refused.encode() not in {r.key for r in await topic(broker)}, "no evidence of it"
+
+
+async def test_the_seal_is_checked_against_the_jwks_the_auditor_gives(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with world.stack.session.get(f"{world.stack.url}/.well-known/jwks.json") as response:
+        jwks = await response.read()
+    published, stranger = tmp_path / "jwks.json", tmp_path / "stranger.json"
+    published.write_bytes(jwks)
+    stranger.write_bytes(orjson.dumps({"keys": []}))
+    earlier = world.issued[0]
+
+    async def reproduce(jwks_file: Path, out: Path) -> tuple[int, str, str]:
+        args = ["audit", "reproduce", earlier.transactie_id, "--key", str(world.archivist_key)]
+        return await blauweknop(
+            [*args, "--jwks", str(jwks_file), "-o", str(out)], _env(world), monkeypatch
+        )
+
+    code, _, err = await reproduce(published, tmp_path / "ok")
+    assert code == 0, err
+    code, _, err = await reproduce(stranger, tmp_path / "no")
+    assert code == 1
+    assert "signatures do not verify" in err
+    assert "not one of the trusted seal keys" in err
