@@ -43,6 +43,7 @@ from gateway.pki import DevPki
 from gateway.serve import start_sandboxes
 from gateway.store.sqlite import SqliteStore
 from tests.conftest import Stack, start_stack
+from tests.test_audit_verify import checkpoint_and_verify
 
 BLAUWEKNOP = str(Path(sys.executable).with_name("blauweknop"))
 UITGEVER = Organisatie("00000099000000099000", "bkgw", "test")
@@ -341,6 +342,8 @@ async def test_broker_frozen_30_seconds_under_load_loses_nothing(
         if orjson.loads(r.value)["type"].endswith("bundel.uitgegeven.v1")
     }
     assert set(traffic.transactions) <= issued, "every bundle handed out is on the topic"
+    report = await checkpoint_and_verify(broker, pki)  # tests/test_audit_verify.py
+    assert report.ok, report.problems
 
 
 async def _all_sent(db: Path) -> bool:
@@ -499,6 +502,8 @@ async def test_gateway_killed_under_load_publishes_its_outbox_after_restart(
         if orjson.loads(r.value)["type"].endswith("bundel.uitgegeven.v1")
     }
     assert set(traffic.transactions) <= issued, "every bundle a client received is evidenced"
+    report = await checkpoint_and_verify(broker, pki)  # redeliveries are information only
+    assert report.ok, report.problems
 
 
 async def test_no_test_citizen_in_kafka_logs_or_metrics(

@@ -146,6 +146,21 @@ async def log(broker: EmbeddedBroker, pki: DevPki) -> AsyncIterator[Log]:
     await runner.cleanup()
 
 
+async def checkpoint_and_verify(broker: EmbeddedBroker, pki: DevPki) -> VerifyReport:
+    """Checkpoint the whole events topic (fresh key, development TSA), then `audit verify` it.
+
+    For the relay's resilience tests: after a frozen or replaced broker, the log must verify.
+    """
+    runner, url = await start_dev_tsa(pki)
+    try:
+        signer = NoteSigner(ORIGIN, ed25519.Ed25519PrivateKey.generate())
+        made = Log(broker, signer, TsaTrust.from_files(pki.root_cert), url, pki)
+        await made.checkpoint_all(every_events=5000)
+        return await made.verify()
+    finally:
+        await runner.cleanup()
+
+
 def kinds(report: VerifyReport) -> set[tuple[str, int | None]]:
     return {(f.kind, f.offset) for f in report.problems}
 
