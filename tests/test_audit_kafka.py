@@ -531,6 +531,7 @@ async def test_no_test_citizen_in_kafka_logs_or_metrics(
         finally:
             gateway.process.terminate()
             assert await gateway.process.wait() == 0
+    assert (await checkpoint_and_verify(broker, pki)).ok  # checkpoints are scanned too
     written = [
         *await topic_records(broker.kafka_config(), EVENTS_TOPIC),
         *await topic_records(broker.kafka_config(), CHECKPOINTS_TOPIC),
