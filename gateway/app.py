@@ -19,6 +19,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from connectors._sandbox import CITIZENS
 from gateway import logs
 from gateway.audit import AuditTrail, PseudonymKey
+from gateway.audit.archive import ArchivistPublicKey, IssuedDocument
+from gateway.audit.kafka import producer_options
+from gateway.audit.relay import Relay
 from gateway.bsn import is_bsn
 from gateway.bundle import BundleIssuer
 from gateway.config import Settings, connector_factory, load_keys
@@ -40,6 +43,7 @@ KEYS = web.AppKey("keys", KeyRing)
 METRICS = web.AppKey("metrics", Metrics)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 AUDIT = web.AppKey("audit", AuditTrail)
+RELAY = web.AppKey("relay", Relay)
 TRANSACTIE_ID = web.RequestKey("transactie_id", str)
 
 JOSE = "application/jose"
@@ -77,6 +81,7 @@ def create_app(settings: Settings, keys: KeyRing | None = None) -> web.Applicati
     app.cleanup_ctx.append(_audit_trail)
     app.cleanup_ctx.append(_documents)
     documents_web.add_routes(app, settings.documents.max_verify_bytes)
+    app.cleanup_ctx.append(_audit_relay)
     app.router.add_get("/.well-known/jwks.json", _jwks)
     app.router.add_get(f"/schema/{SCHEMA_FILE}", _schema)
     app.router.add_get("/healthz", _healthz)
@@ -110,8 +115,16 @@ async def _audit_trail(app: web.Application) -> AsyncIterator[None]:
         if settings.pseudonym_key_file
         else PseudonymKey.development(settings.state_dir)
     )
+    # Only the archivist's public key: the gateway can archive documents but never read them.
+    if settings.archive_public_key_file:
+        archive_key = ArchivistPublicKey.from_file(settings.archive_public_key_file)
+    elif settings.mode == "sandbox":
+        archive_key = ArchivistPublicKey.development(settings.state_dir)
+    else:
+        raise ConfigError("production mode needs [audit] archive_public_key_file")
     store = await SqliteStore.open(settings.store_path)
-    app[AUDIT] = AuditTrail(store, key, settings.uitgever)
+    max_event_bytes = settings.kafka.max_message_bytes if settings.kafka else None
+    app[AUDIT] = AuditTrail(store, key, settings.uitgever, archive_key, max_event_bytes)
     try:
         yield
     finally:
@@ -135,17 +148,38 @@ async def _documents(app: web.Application) -> AsyncIterator[None]:
         await asyncio.get_running_loop().run_in_executor(None, service.close)
 
 
+async def _audit_relay(app: web.Application) -> AsyncIterator[None]:
+    """Publish the outbox to Kafka in the background when `[kafka]` is configured."""
+    kafka = app[SETTINGS].kafka
+    if kafka is None:
+        yield
+        return
+    producer_options(kafka)  # bad TLS or SASL files stop the start, not the relay later
+    relay = Relay(app[AUDIT].store, kafka, app[METRICS])
+    app[RELAY] = relay
+    relay.start()
+    try:
+        yield
+    finally:
+        # Publish what waits for a few seconds; the rest stays in the outbox for next time.
+        await relay.stop(drain_seconds=5.0)
+
+
 async def release(
     request: web.Request, signed: SignedBundel, body: bytes, content_type: str, formaat: str
 ) -> web.Response:
     """Hand out a bundle only once its audit record is durably stored; otherwise 503."""
+    if request.app[SETTINGS].audit_disabled_for_benchmark:  # sandbox benchmarks only
+        request.app[METRICS].bundles.labels("issued_unaudited").inc()
+        return web.Response(body=body, content_type=content_type)
     try:
         await request.app[AUDIT].bundle_issued(
             transactie_id=request[TRANSACTIE_ID],
             bsn=signed.bundel.bsn,
             bundel_id=signed.bundel.bundel_id,
             canonical_sha256=hashlib.sha256(signed.canonical).hexdigest(),
-            formats={formaat: hashlib.sha256(body).hexdigest()},
+            # The exact bytes sent, archived encrypted to the archivist in the same append.
+            documents=[IssuedDocument(formaat, content_type, body)],
             bronnen=signed.bundel.bronnen,
         )
     except StoreUnavailable:
@@ -156,6 +190,8 @@ async def release(
             "Tijdelijk niet beschikbaar",
             "The audit record could not be stored, so no data is released. Try again later.",
         )
+    if RELAY in request.app:
+        request.app[RELAY].wake()
     request.app[METRICS].bundles.labels("issued").inc()
     return web.Response(body=body, content_type=content_type)
 

@@ -13,6 +13,7 @@ import orjson
 
 from connectors._sandbox import CITIZENS
 from gateway import logs
+from gateway.audit.cli import add_audit_group
 from gateway.config import SANDBOX_ORGS, Settings, load_keys, load_settings
 from gateway.errors import BlauweKnopError
 
@@ -111,6 +112,8 @@ def _parser() -> argparse.ArgumentParser:
         run=_keys_rotate
     )
     keys_sub.add_parser("list", help="list the seal keys, newest last").set_defaults(run=_keys_list)
+
+    add_audit_group(sub)  # blauweknop audit …: gateway/audit/cli.py
     return parser
 
 

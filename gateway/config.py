@@ -137,6 +137,66 @@ class OidcSettings:
     login_seconds: int = 600
 
 
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaConfig:
+    """`[kafka]`: where the audit stream goes, and how the clients reach it.
+
+    `idempotence` is on by default (real Kafka); the embedded Tansu broker of the demo and the
+    tests does not support InitProducerId, so they turn it off. Secrets come from files.
+    """
+
+    bootstrap_servers: tuple[str, ...]
+    idempotence: bool = True
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    sasl_mechanism: SaslMechanism | None = None
+    sasl_username: str | None = None
+    sasl_password_file: Path | None = None
+    client_id: str = "blauweknop-gateway"
+    request_timeout_seconds: float = 10.0
+    # The relay waits this long for the broker to acknowledge one batch before it starts over.
+    send_timeout_seconds: float = 30.0
+    # Must not exceed the topic's max.message.bytes (deploy/kafka/).
+    max_message_bytes: int = 8 * 1024 * 1024
+    relay_batch: int = 500
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(self.bootstrap_servers)
+
+
+# The demo stack's development time-stamping authority (gateway/tsa/server.py) listens at
+# sandbox_base_port + 8 (9109 by default), after the organisation sandboxes.
+DEV_TSA_PORT_OFFSET = 8
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointConfig:
+    """`[audit]` settings of the Merkle log: who signs checkpoints, who timestamps them, how often.
+
+    Sandbox mode makes the signing key on first use (`state_dir/audit-checkpoint.key`) and uses
+    the demo stack's development TSA; production configures every file and the TSA's URL.
+    """
+
+    origin: str | None = None  # default: "<gateway OIN>/blauweknop/audit"
+    key_file: Path | None = None  # Ed25519 private key, PKCS#8 PEM (the checkpointer only)
+    verifier_key: str | None = None  # "<name>+<key id>+<base64 key>" (auditors)
+    tsa_url: str | None = None
+    tsa_ca_file: Path | None = None  # the TSA's CA certificate(s), PEM
+    tsa_cert_file: Path | None = None  # optional: pin the TSA's own certificate
+    every_events: int = 1000
+    every_seconds: float = 10.0
+    group_id: str = "blauweknop-checkpointer"
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     mode: Mode = "sandbox"
@@ -150,6 +210,12 @@ class Settings:
     organisations: tuple[OrganisationConfig, ...] = ()
     signing: SigningConfig | None = None
     pseudonym_key_file: Path | None = None
+    # The archivist's X25519 public key (PEM); the private key never comes near the gateway.
+    archive_public_key_file: Path | None = None
+    checkpoints: CheckpointConfig = field(default_factory=CheckpointConfig)
+    kafka: KafkaConfig | None = None
+    # Benchmarks only: bundles go out without audit events. Refused outside sandbox mode.
+    audit_disabled_for_benchmark: bool = False
     log_level: str = "INFO"
     sandbox_host: str = "127.0.0.1"
     sandbox_base_port: int = 9101
@@ -177,6 +243,10 @@ class Settings:
     def sandbox_port(self, org: str) -> int:
         """The demo sandboxes listen on consecutive ports, in `SANDBOX_ORGS` order."""
         return self.sandbox_base_port + SANDBOX_ORGS.index(org)
+
+    @property
+    def dev_tsa_port(self) -> int:
+        return self.sandbox_base_port + DEV_TSA_PORT_OFFSET
 
     @property
     def dev_pki(self) -> DevPki:
@@ -267,6 +337,14 @@ def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
         pseudonym_key_file=(
             Path(_str(audit, "pseudonym_key_file")) if "pseudonym_key_file" in audit else None
         ),
+        archive_public_key_file=(
+            Path(_str(audit, "archive_public_key_file"))
+            if "archive_public_key_file" in audit
+            else None
+        ),
+        kafka=kafka_config(_table(data, "kafka")),
+        checkpoints=checkpoint_config(audit),
+        audit_disabled_for_benchmark=_bool(audit, "disabled_for_benchmark", False),
         log_level=_str(data, "log_level", "INFO"),
         sandbox_host=sandbox_host,
         sandbox_base_port=sandbox_base_port,
@@ -318,6 +396,89 @@ def _signing(data: Mapping[str, Any]) -> SigningConfig:
         retired=tuple(Path(p) for p in data.get("retired", ())),
         pkcs11=pkcs11,
     )
+
+
+def kafka_config(table: Mapping[str, Any]) -> KafkaConfig | None:
+    """`[kafka]`, or None when no bootstrap servers are configured (no relay runs)."""
+    servers = table.get("bootstrap_servers")
+    if not servers:
+        return None
+    if isinstance(servers, str):
+        servers = [s.strip() for s in servers.split(",") if s.strip()]
+    if not isinstance(servers, list) or not all(isinstance(s, str) and s for s in servers):
+        raise ConfigError('[kafka] bootstrap_servers must be "host:port" or a list of them')
+    protocol = _str(table, "security_protocol", "PLAINTEXT").upper()
+    if protocol not in _SECURITY_PROTOCOLS:
+        raise ConfigError(f"[kafka] security_protocol must be one of {list(_SECURITY_PROTOCOLS)}")
+    mechanism = table.get("sasl_mechanism")
+    if mechanism is not None and str(mechanism).upper() not in _SASL_MECHANISMS:
+        raise ConfigError(f"[kafka] sasl_mechanism must be one of {list(_SASL_MECHANISMS)}")
+    if protocol.startswith("SASL_") and not (
+        mechanism and "sasl_username" in table and "sasl_password_file" in table
+    ):
+        raise ConfigError(
+            f"[kafka] security_protocol {protocol} needs sasl_mechanism, sasl_username and "
+            "sasl_password_file (a file holding the password)"
+        )
+
+    def path(key: str) -> Path | None:
+        value = table.get(key)
+        return Path(str(value)) if value else None
+
+    config = KafkaConfig(
+        bootstrap_servers=tuple(servers),
+        idempotence=_bool(table, "idempotence", True),
+        security_protocol=cast(SecurityProtocol, protocol),
+        ca_file=path("ca_file"),
+        cert_file=path("cert_file"),
+        key_file=path("key_file"),
+        sasl_mechanism=cast(SaslMechanism, str(mechanism).upper()) if mechanism else None,
+        sasl_username=str(table["sasl_username"]) if "sasl_username" in table else None,
+        sasl_password_file=path("sasl_password_file"),
+        client_id=_str(table, "client_id", "blauweknop-gateway"),
+        request_timeout_seconds=_float(table, "request_timeout_seconds", 10.0),
+        send_timeout_seconds=_float(table, "send_timeout_seconds", 30.0),
+        max_message_bytes=_int(table, "max_message_bytes", 8 * 1024 * 1024),
+        relay_batch=_int(table, "relay_batch", 500),
+    )
+    if (config.cert_file is None) != (config.key_file is None):
+        raise ConfigError("[kafka] cert_file and key_file go together (the client certificate)")
+    if not 0 < config.request_timeout_seconds <= config.send_timeout_seconds:
+        raise ConfigError(
+            "[kafka] request_timeout_seconds must be positive and at most send_timeout_seconds"
+        )
+    if not 1 <= config.relay_batch <= 10_000:
+        raise ConfigError("[kafka] relay_batch must be between 1 and 10000")
+    if config.max_message_bytes < 64 * 1024:
+        raise ConfigError("[kafka] max_message_bytes must be at least 65536")
+    return config
+
+
+def checkpoint_config(audit: Mapping[str, Any]) -> CheckpointConfig:
+    """The Merkle-log settings of `[audit]`: checkpoint_*, tsa_*."""
+
+    def path(key: str) -> Path | None:
+        value = audit.get(key)
+        return Path(str(value)) if value else None
+
+    config = CheckpointConfig(
+        origin=str(audit["origin"]) if audit.get("origin") else None,
+        key_file=path("checkpoint_key_file"),
+        verifier_key=(
+            str(audit["checkpoint_verifier_key"]) if audit.get("checkpoint_verifier_key") else None
+        ),
+        tsa_url=str(audit["tsa_url"]) if audit.get("tsa_url") else None,
+        tsa_ca_file=path("tsa_ca_file"),
+        tsa_cert_file=path("tsa_cert_file"),
+        every_events=_int(audit, "checkpoint_every_events", 1000),
+        every_seconds=_float(audit, "checkpoint_every_seconds", 10.0),
+        group_id=_str(audit, "checkpointer_group", "blauweknop-checkpointer"),
+    )
+    if not 1 <= config.every_events <= 100_000:
+        raise ConfigError("[audit] checkpoint_every_events must be between 1 and 100000")
+    if not 0.1 <= config.every_seconds <= 3600:
+        raise ConfigError("[audit] checkpoint_every_seconds must be between 0.1 and 3600")
+    return config
 
 
 def sandbox_organisation_table(pki: DevPki, urls: Mapping[str, str]) -> dict[str, dict[str, Any]]:
@@ -430,6 +591,26 @@ def _check_production(settings: Settings) -> None:
             "production mode needs [documents] tsa_url (an RFC 3161 time-stamping authority) "
             "and trust_roots (the CA certificates of the seal and the TSA) for the certified PDF"
         )
+    if settings.archive_public_key_file is None:
+        raise ConfigError(
+            "production mode needs [audit] archive_public_key_file: the archivist's X25519 "
+            "public key (PEM) to which every issued document is archived encrypted"
+        )
+    if settings.audit_disabled_for_benchmark:
+        raise ConfigError(
+            "[audit] disabled_for_benchmark exists only for sandbox benchmarks; "
+            "production never hands out data without audit evidence"
+        )
+    if settings.kafka is None:
+        raise ConfigError(
+            "production mode needs [kafka] bootstrap_servers: the audit stream's Kafka cluster "
+            "(see deploy/kafka/)"
+        )
+    if settings.kafka.security_protocol not in ("SSL", "SASL_SSL"):
+        raise ConfigError(
+            "[kafka] security_protocol must be SSL or SASL_SSL in production mode: "
+            "audit events must not cross the network in clear"
+        )
 
 
 def _set_path(data: dict[str, Any], keys: list[str], value: str) -> None:
@@ -459,6 +640,15 @@ def _int(data: Mapping[str, Any], key: str, default: int) -> int:
         return int(data.get(key, default))
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"setting {key!r} must be a whole number") from exc
+
+
+def _bool(data: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = data.get(key, default)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.lower() in ("true", "1", "yes")
+    raise ConfigError(f"setting {key!r} must be true or false")
 
 
 def _float(data: Mapping[str, Any], key: str, default: float) -> float:

@@ -74,3 +74,7 @@ class LoginError(BlauweKnopError):
 
 class DocumentUnavailable(BlauweKnopError):
     """A certified document (XML, PDF) could not be made now: TSA, HSM or worker trouble."""
+
+
+class AuditStreamError(BlauweKnopError):
+    """The audit stream (Kafka) could not be reached, created or read in time."""

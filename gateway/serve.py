@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Sequence
+from dataclasses import replace
 
 from aiohttp import web
 
 from connectors._sandbox import CITIZENS
 from connectors._sandbox.runner import RunningSandbox, serve_app, start_sandbox
 from gateway.app import create_app
+from gateway.audit.archive import development_key_path
+from gateway.audit.broker import EmbeddedBroker, start_broker
+from gateway.audit.checkpointer import demo_checkpointing
+from gateway.audit.cli import demo_address_file
 from gateway.config import SANDBOX_ORGS, Settings
 
 
@@ -51,12 +57,25 @@ async def run_sandboxes(settings: Settings, orgs: Sequence[str]) -> None:
 
 async def run_gateway(settings: Settings, *, with_sandboxes: bool) -> None:
     runners: list[web.AppRunner] = []
+    broker: EmbeddedBroker | None = None
+    if with_sandboxes and settings.kafka is None:
+        # The demo's audit stream: an embedded broker, its address where `blauweknop audit`
+        # looks for it, and the gateway's relay pointed at it.
+        broker = await start_broker()
+        address = demo_address_file(settings)
+        address.parent.mkdir(parents=True, exist_ok=True)
+        address.write_text(broker.bootstrap + "\n")
+        settings = replace(settings, kafka=broker.kafka_config())
+    checkpointing = contextlib.AsyncExitStack()
     if with_sandboxes:
         sandboxes = await start_sandboxes(settings)
         runners.extend(s.runner for s in sandboxes)
         digid = await start_stand_in_digid(settings)
         if digid is not None:
             runners.append(digid)
+        if settings.kafka is not None:
+            # The Merkle log: the development TSA and a checkpointer (docs/audit.md).
+            await checkpointing.enter_async_context(demo_checkpointing(settings, settings.kafka))
     # In-flight bundles are bounded by the fan-out deadline; let them finish on shutdown.
     runner, port = await serve_app(
         create_app(settings),
@@ -74,6 +93,10 @@ async def run_gateway(settings: Settings, *, with_sandboxes: bool) -> None:
     finally:
         for r in reversed(runners):
             await r.cleanup()
+        await checkpointing.aclose()
+        if broker is not None:
+            demo_address_file(settings).unlink(missing_ok=True)
+            await broker.stop()
 
 
 async def start_demo_portal(settings: Settings, gateway_url: str) -> web.AppRunner:
@@ -136,6 +159,18 @@ def _banner(settings: Settings, base: str, with_sandboxes: bool) -> str:
             f'-d \'{{"bsn": "{example}"}}\'',
             "  test citizens: blauweknop sandbox citizens",
         ]
+    if settings.kafka is not None:
+        lines += [f"  audit stream: Kafka at {settings.kafka.bootstrap}; blauweknop audit tail"]
+        if with_sandboxes:
+            lines += [
+                f"  Merkle log: checkpoints time-stamped by the development TSA on port "
+                f"{settings.dev_tsa_port}; blauweknop audit verify"
+            ]
+        if settings.mode == "sandbox" and settings.archive_public_key_file is None:
+            key = development_key_path(settings.state_dir)
+            lines += [
+                f"  archived documents: blauweknop audit reproduce <X-Transactie-Id> --key {key}"
+            ]
     lines += [
         f"  keys: {base}/.well-known/jwks.json   metrics: {base}/metrics",
         "Stop with Ctrl-C.",

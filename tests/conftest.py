@@ -14,6 +14,7 @@ from aiohttp import web
 
 from connectors._sandbox.runner import RunningSandbox, serve_app
 from gateway.app import create_app
+from gateway.audit.broker import EmbeddedBroker, start_broker
 from gateway.config import Settings, sandbox_organisation_table, settings_from_mapping
 from gateway.connector import client_tls
 from gateway.pki import DevPki
@@ -36,6 +37,14 @@ def pki(state_dir: Path) -> DevPki:
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as made:
         yield made
+
+
+@pytest.fixture
+async def broker() -> AsyncIterator[EmbeddedBroker]:
+    """A real Kafka-protocol broker (Tansu, in memory) with the audit topics, for one test."""
+    started = await start_broker()
+    yield started
+    await started.stop()
 
 
 @dataclass

@@ -24,13 +24,16 @@ async def test_every_bundle_leaves_cloudevents_in_the_outbox_without_the_bsn(
         body = await response.read()
         tx = response.headers["X-Transactie-Id"]
     records = await audit.store.unsent(100)
-    assert [r.key for r in records] == [tx] * 5, "four organisation calls and the bundle"
+    assert [r.key for r in records] == [tx] * 6, "four calls, the archived document, the bundle"
     events = [orjson.loads(r.payload) for r in records]
     assert all(e["specversion"] == "1.0" and e["transactieid"] == tx for e in events)
     assert [e["id"] for e in events] == [r.event_id for r in records]
     types = [e["type"] for e in events]
     assert types.count("nl.blauweknop.audit.organisatie.bevraagd.v1") == 4
-    assert types[-1] == "nl.blauweknop.audit.bundel.uitgegeven.v1"
+    assert types[-2:] == [
+        "nl.blauweknop.audit.document.gearchiveerd.v1",
+        "nl.blauweknop.audit.bundel.uitgegeven.v1",
+    ]
 
     pseudonym = hmac.new(audit.key.secret, CITIZEN.encode(), hashlib.sha256).hexdigest()
     issued = events[-1]["data"]

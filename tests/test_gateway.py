@@ -14,6 +14,7 @@ import pytest
 from connectors._sandbox import CITIZENS
 from connectors._sandbox.runner import serve_app
 from gateway.app import create_app
+from gateway.audit.archive import write_key_pair
 from gateway.config import connector_factory, sandbox_organisation_table, settings_from_mapping
 from gateway.errors import ConfigError
 from gateway.logs import JsonFormatter
@@ -231,14 +232,20 @@ async def test_production_mode_has_no_sandbox_route(pki: DevPki, tmp_path: Path)
     seal = pki.identity(pki.seal_names()[-1])
     key_file = tmp_path / "pseudonym.key"
     key_file.write_bytes(b"k" * 32)
+    write_key_pair(tmp_path / "archivist.key", tmp_path / "archivist.pub")
     settings = settings_from_mapping(
         {
             "mode": "production",
             "public_url": "https://gateway.example",
             "state_dir": str(tmp_path / "state"),
             "signing": {"key": str(seal.key), "chain": str(seal.chain)},
-            "audit": {"pseudonym_key_file": str(key_file)},
+            "audit": {
+                "pseudonym_key_file": str(key_file),
+                "archive_public_key_file": str(tmp_path / "archivist.pub"),
+            },
             "documents": {"tsa_url": "https://tsa.invalid/", "trust_roots": [str(pki.root_cert)]},
+            # Unreachable: the relay retries in the background and never blocks a request.
+            "kafka": {"bootstrap_servers": "127.0.0.1:1", "security_protocol": "SSL"},
             "organisations": sandbox_organisation_table(
                 pki, {org: f"https://{org}.invalid" for org in ORGS}
             ),
@@ -289,6 +296,18 @@ def test_production_refuses_unsafe_configuration(pki: DevPki) -> None:
                 "public_url": "http://gateway.example",
                 "audit": {"pseudonym_key_file": "/run/secrets/pseudonym.key"},
                 "signing": signing,
+            }
+        )
+    with pytest.raises(ConfigError, match="archive_public_key_file"):
+        settings_from_mapping(
+            {
+                "mode": "production",
+                "public_url": "https://gateway.example",
+                "audit": {"pseudonym_key_file": "/run/secrets/pseudonym.key"},
+                "signing": {"key": str(seal.key), "chain": str(seal.chain)},
+                "organisations": {
+                    "duo": {"url": "https://duo.example", "trust_cert": str(seal.chain)}
+                },
             }
         )
 

@@ -12,6 +12,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 from cryptography import x509
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rfc3161_client import decode_timestamp_response
 
 from connectors._sandbox.runner import serve_app
@@ -25,7 +27,7 @@ from gateway.tsa import (
     request_timestamp,
     verify_timestamp,
 )
-from gateway.tsa.server import start_dev_tsa
+from gateway.tsa.server import DevTsa, start_dev_tsa
 
 
 def openssl(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -173,3 +175,17 @@ async def test_hostile_or_absent_tsa(
         await request_timestamp(
             session, tsa_url, b"m", trust, now=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
         )
+
+
+@pytest.fixture(scope="module")
+def dev_tsa(tmp_path_factory: pytest.TempPathFactory) -> DevTsa:
+    pki = DevPki(tmp_path_factory.mktemp("fuzz") / "pki")
+    pki.ensure()
+    return DevTsa.from_pki(pki)
+
+
+@settings(max_examples=200, deadline=None)
+@given(garbage=st.binary(max_size=300))
+def test_tsa_answers_garbage_with_a_rejection(dev_tsa: DevTsa, garbage: bytes) -> None:
+    answer = decode_timestamp_response(dev_tsa.respond(garbage))
+    assert answer.status == 2

@@ -19,6 +19,13 @@ from typing import Any
 
 import orjson
 
+from gateway.audit.archive import (
+    EVENT_ARCHIVED,
+    ArchiveError,
+    ArchivistPublicKey,
+    IssuedDocument,
+    seal_documents,
+)
 from gateway.models import Bron, Organisatie
 from gateway.store import OutboxRecord, Store
 
@@ -54,10 +61,21 @@ class PseudonymKey:
 
 
 class AuditTrail:
-    def __init__(self, store: Store, key: PseudonymKey, uitgever: Organisatie) -> None:
+    def __init__(
+        self,
+        store: Store,
+        key: PseudonymKey,
+        uitgever: Organisatie,
+        archive_key: ArchivistPublicKey | None = None,
+        max_event_bytes: int | None = None,
+    ) -> None:
         self.store = store
         self.key = key
         self.source = f"urn:oin:{uitgever.oin}:blauweknop-gateway"
+        # The archivist's public key: every issued document is archived encrypted to it.
+        self.archive_key = archive_key
+        # The largest event Kafka takes ([kafka] max_message_bytes), when there is a relay.
+        self.max_event_bytes = max_event_bytes
 
     def event(self, name: str, transactie_id: str, data: dict[str, Any]) -> OutboxRecord:
         """One CloudEvents 1.0 event in structured JSON, keyed by transaction id."""
@@ -86,10 +104,19 @@ class AuditTrail:
         bsn: str,
         bundel_id: str,
         canonical_sha256: str,
-        formats: dict[str, str],
+        documents: Sequence[IssuedDocument],
         bronnen: Sequence[Bron],
     ) -> None:
-        """Record every organisation call and the issued bundle; durable when this returns."""
+        """Record every organisation call, the archived documents and the issued bundle.
+
+        One durable append: the documents' encrypted bytes (`document.gearchiveerd`, one per
+        format) are stored together with `bundel.uitgegeven`, or nothing is.
+        """
+        if self.archive_key is None:
+            raise ArchiveError("no archivist key configured; documents cannot be archived")
+        if not documents:
+            raise ArchiveError("a bundle is issued in at least one format")
+        sealed = await seal_documents(documents, transactie_id, self.archive_key)
         pseudonym = self.key.pseudonym(bsn)
         records = [
             self.event(
@@ -105,6 +132,24 @@ class AuditTrail:
             )
             for b in bronnen
         ]
+        archived = [
+            self.event(
+                EVENT_ARCHIVED,
+                transactie_id,
+                {"burger": pseudonym, "bundel_id": bundel_id, **s.event_data()},
+            )
+            for s in sealed
+        ]
+        limit = self.max_event_bytes
+        for record, s in zip(archived, sealed, strict=True):
+            # An event Kafka refuses would stop the relay; refuse the document instead.
+            if limit is not None and len(record.payload) + len(record.key) + 1024 > limit:
+                raise ArchiveError(
+                    f"the archived {s.formaat} document ({s.grootte} bytes) makes an audit event "
+                    f"of {len(record.payload)} bytes, more than Kafka takes ([kafka] "
+                    f"max_message_bytes = {limit}); raise it and the topic's max.message.bytes"
+                )
+        records.extend(archived)
         records.append(
             self.event(
                 "bundel.uitgegeven",
@@ -113,7 +158,7 @@ class AuditTrail:
                     "burger": pseudonym,
                     "bundel_id": bundel_id,
                     "bundel_sha256": canonical_sha256,
-                    "formaten": formats,
+                    "formaten": {d.formaat: d.sha256 for d in documents},
                     "organisaties": {b.organisatie.code: b.status for b in bronnen},
                 },
             )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 import secrets
 from dataclasses import dataclass
 
@@ -28,6 +29,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from connectors._sandbox.runner import serve_app
 from gateway.pki import DevPki
 from gateway.tsa.client import TIMESTAMP_QUERY, TIMESTAMP_REPLY
+
+log = logging.getLogger(__name__)
 
 # id 2.999 is the ITU/ISO "example" arc: nobody can mistake this policy for a real one.
 DEV_POLICY = "2.999.3161.1"
@@ -183,7 +186,12 @@ def create_app(tsa: DevTsa) -> web.Application:
         body = await request.content.read(MAX_REQUEST_BYTES + 1)
         if len(body) > MAX_REQUEST_BYTES:
             raise web.HTTPRequestEntityTooLarge(MAX_REQUEST_BYTES, len(body))
-        return web.Response(body=tsa.respond(body), content_type=TIMESTAMP_REPLY)
+        try:
+            answer = tsa.respond(body)
+        except Exception:  # a hostile request must get a rejection, never a stack trace
+            log.exception("development TSA could not answer a request")
+            answer = _rejection("system_failure", "the TSA could not process the request")
+        return web.Response(body=answer, content_type=TIMESTAMP_REPLY)
 
     async def about(_: web.Request) -> web.Response:
         return web.Response(

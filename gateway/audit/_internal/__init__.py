@@ -1,0 +1,1 @@
+"""Internal building blocks of the audit log; not a public interface."""
