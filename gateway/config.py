@@ -358,17 +358,12 @@ def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
             tsa_url=str(documents["tsa_url"]) if documents.get("tsa_url") else None,
             trust_roots=tuple(Path(p) for p in documents.get("trust_roots", ())),
             crl_files=tuple(Path(p) for p in documents.get("crl_files", ())),
-            fetch_revocation=str(documents.get("fetch_revocation", "false")).lower()
-            in ("1", "true", "yes"),
+            fetch_revocation=_bool(documents, "fetch_revocation", False),
             workers=_int(documents, "workers", 2),
             public_url=str(documents["public_url"]) if documents.get("public_url") else None,
             max_verify_bytes=_int(documents, "max_verify_bytes", 20 * 1024 * 1024),
             niceness=_int(documents, "niceness", 10),
-            warm_up=(
-                str(documents["warm_up"]).lower() in ("1", "true", "yes")
-                if "warm_up" in documents
-                else None
-            ),
+            warm_up=_bool(documents, "warm_up", False) if "warm_up" in documents else None,
         ),
     )
     if mode == "production":
@@ -729,12 +724,3 @@ def _check_oidc_production(oidc: OidcSettings) -> None:
             "production mode needs [oidc] client_key: the private key (PEM) whose public half "
             "is registered with the identity provider for private_key_jwt"
         )
-
-
-def _bool(data: Mapping[str, Any], key: str, default: bool) -> bool:
-    value = data.get(key, default)
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
-        return value.lower() in ("true", "1", "yes")
-    raise ConfigError(f"setting {key!r} must be true or false")
