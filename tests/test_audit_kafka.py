@@ -43,6 +43,7 @@ from gateway.pki import DevPki
 from gateway.serve import start_sandboxes
 from gateway.store.sqlite import SqliteStore
 from tests.conftest import Stack, start_stack
+from tests.production import production_config
 from tests.test_audit_verify import checkpoint_and_verify
 
 BLAUWEKNOP = str(Path(sys.executable).with_name("blauweknop"))
@@ -585,17 +586,10 @@ def test_kafka_settings_errors_say_what_to_fix(table: dict[str, Any], message: s
         settings_from_mapping({"kafka": {"bootstrap_servers": "k:9093", **table}})
 
 
-def test_production_needs_kafka_over_tls_and_never_turns_auditing_off(pki: DevPki) -> None:
-    seal = pki.identity(pki.seal_names()[-1])
-    base: dict[str, Any] = {
-        "mode": "production",
-        "signing": {"key": str(seal.key), "chain": str(seal.chain)},
-        "audit": {
-            "pseudonym_key_file": "/run/secrets/pseudonym.key",
-            "archive_public_key_file": "/run/secrets/archivist.pub",
-        },
-        "organisations": {"duo": {"url": "https://duo.example", "trust_cert": str(seal.chain)}},
-    }
+def test_production_needs_kafka_over_tls_and_never_turns_auditing_off(
+    pki: DevPki, tmp_path: Path
+) -> None:
+    base = {k: v for k, v in production_config(pki, tmp_path).items() if k != "kafka"}
     with pytest.raises(ConfigError, match=r"\[kafka\] bootstrap_servers"):
         settings_from_mapping(base)
     with pytest.raises(ConfigError, match="SSL or SASL_SSL"):

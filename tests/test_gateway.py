@@ -21,6 +21,7 @@ from gateway.logs import JsonFormatter
 from gateway.pki import DevPki
 from gateway.verify import Trust, verify_compact, verify_download
 from tests.conftest import Stack, start_stack
+from tests.production import production_config
 
 ORGS = {"duo": "duo", "uwv": "uwv", "cak": "cak", "gemeente": "gm0363"}
 EVERYWHERE = "999990020"  # Citlali Bakker: data at all four organisations
@@ -270,46 +271,24 @@ async def test_production_mode_has_no_sandbox_route(pki: DevPki, tmp_path: Path)
         await runner.cleanup()
 
 
-def test_production_refuses_unsafe_configuration(pki: DevPki) -> None:
+def test_production_refuses_unsafe_configuration(pki: DevPki, tmp_path: Path) -> None:
+    valid = production_config(pki, tmp_path)
+    assert settings_from_mapping(valid).mode == "production"
     with pytest.raises(ConfigError, match="signing"):
-        settings_from_mapping({"mode": "production"})
-    seal = pki.identity(pki.seal_names()[-1])
-    signing = {"key": str(seal.key), "chain": str(seal.chain)}
+        settings_from_mapping({k: v for k, v in valid.items() if k != "signing"})
     with pytest.raises(ConfigError, match="pseudonym_key_file"):
-        settings_from_mapping({"mode": "production", "signing": signing})
+        settings_from_mapping({**valid, "audit": {"archive_public_key_file": "/a.pub"}})
+    with pytest.raises(ConfigError, match="archive_public_key_file"):
+        settings_from_mapping({**valid, "audit": {"pseudonym_key_file": "/p.key"}})
+    duo = valid["organisations"]["duo"]
     with pytest.raises(ConfigError, match="https"):
         settings_from_mapping(
-            {
-                "mode": "production",
-                "public_url": "https://gateway.example",
-                "audit": {"pseudonym_key_file": "/run/secrets/pseudonym.key"},
-                "signing": {"key": str(seal.key), "chain": str(seal.chain)},
-                "organisations": {
-                    "duo": {"url": "http://duo.example", "trust_cert": str(seal.chain)}
-                },
-            }
+            {**valid, "organisations": {"duo": {**duo, "url": "http://duo.example"}}}
         )
     with pytest.raises(ConfigError, match="public_url"):
-        settings_from_mapping(
-            {
-                "mode": "production",
-                "public_url": "http://gateway.example",
-                "audit": {"pseudonym_key_file": "/run/secrets/pseudonym.key"},
-                "signing": signing,
-            }
-        )
-    with pytest.raises(ConfigError, match="archive_public_key_file"):
-        settings_from_mapping(
-            {
-                "mode": "production",
-                "public_url": "https://gateway.example",
-                "audit": {"pseudonym_key_file": "/run/secrets/pseudonym.key"},
-                "signing": {"key": str(seal.key), "chain": str(seal.chain)},
-                "organisations": {
-                    "duo": {"url": "https://duo.example", "trust_cert": str(seal.chain)}
-                },
-            }
-        )
+        settings_from_mapping({**valid, "public_url": "http://gateway.example"})
+    with pytest.raises(ConfigError, match="tsa_url"):
+        settings_from_mapping({**valid, "documents": {}})
 
 
 async def test_many_concurrent_bundles(stack: Stack) -> None:

@@ -27,21 +27,11 @@ from gateway.errors import ConfigError, LoginError
 from gateway.login import safe_return_to
 from gateway.pki import DevPki
 from tests.login_world import login_world
+from tests.production import production_config
 
 
 def production(pki: DevPki, tmp_path: Path, **oidc: Any) -> dict[str, Any]:
-    seal = pki.identity(pki.seal_names()[-1])
-    key_file = tmp_path / "pseudonym.key"
-    key_file.write_bytes(b"k" * 32)
-    return {
-        "mode": "production",
-        "public_url": "https://gateway.example",
-        "signing": {"key": str(seal.key), "chain": str(seal.chain)},
-        "audit": {"pseudonym_key_file": str(key_file)},
-        "organisations": {"duo": {"url": "https://duo.example", "trust_cert": str(seal.chain)}},
-        "documents": {"tsa_url": "https://tsa.invalid/", "trust_roots": [str(pki.root_cert)]},
-        "oidc": oidc,
-    }
+    return {**production_config(pki, tmp_path), "oidc": oidc}
 
 
 def test_sandbox_defaults_point_at_the_stand_in_and_require_substantial() -> None:
