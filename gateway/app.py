@@ -25,8 +25,7 @@ from gateway.fanout import Fanout
 from gateway.metrics import Metrics
 from gateway.schema import SCHEMA_FILE, schema_bytes
 from gateway.sign import KeyRing, SignedBundel
-from gateway.store import StoreUnavailable
-from gateway.store.sqlite import SqliteStore
+from gateway.store import StoreUnavailable, open_store
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +100,7 @@ async def _audit_trail(app: web.Application) -> AsyncIterator[None]:
         if settings.pseudonym_key_file
         else PseudonymKey.development(settings.state_dir)
     )
-    store = await SqliteStore.open(settings.store_path)
+    store = await open_store(settings)
     app[AUDIT] = AuditTrail(store, key, settings.uitgever)
     try:
         yield

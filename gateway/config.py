@@ -24,6 +24,7 @@ from gateway.fanout import BreakerSettings
 from gateway.models import Contactoptie, Organisatie
 from gateway.pki import DevPki
 from gateway.sign import KeyRing
+from gateway.store.postgres import PostgresOptions
 
 Mode = Literal["sandbox", "production"]
 ENTRY_POINT_GROUP = "blauweknop.connectors"
@@ -109,6 +110,45 @@ class OidcSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreSettings:
+    """`[store]`: where shared state lives. No url: SQLite in `state_dir` (one replica).
+
+    `url = "postgresql://user@host:5432/db?sslmode=verify-full"` serves several replicas; the
+    password comes from `password_file`, never from the URL or the environment.
+    """
+
+    postgres: PostgresOptions | None = None
+
+
+def _store(table: Mapping[str, Any]) -> StoreSettings:
+    url = _str(table, "url", "")
+    if not url:
+        return StoreSettings()
+    if urlsplit(url).scheme not in ("postgresql", "postgres"):
+        raise ConfigError(
+            f"[store] url must be a postgresql:// URL (or absent for SQLite), not {url!r}"
+        )
+    if urlsplit(url).password is not None:
+        raise ConfigError(
+            "[store] url may not contain a password: put it in a file and name that file "
+            "as [store] password_file (mounted as a secret)"
+        )
+    defaults = PostgresOptions(url)
+    options = PostgresOptions(
+        url=url,
+        password_file=Path(_str(table, "password_file")) if "password_file" in table else None,
+        pool_min=_int(table, "pool_min", defaults.pool_min),
+        pool_max=_int(table, "pool_max", defaults.pool_max),
+        connect_timeout=_float(table, "connect_timeout", defaults.connect_timeout),
+        acquire_timeout=_float(table, "acquire_timeout", defaults.acquire_timeout),
+        purge_seconds=_float(table, "purge_seconds", defaults.purge_seconds),
+    )
+    if not 1 <= options.pool_min <= options.pool_max:
+        raise ConfigError("[store] needs 1 <= pool_min <= pool_max")
+    return StoreSettings(options)
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     mode: Mode = "sandbox"
     host: str = "127.0.0.1"
@@ -131,6 +171,9 @@ class Settings:
     demo_portal_port: int = 8088
     authz: AuthzSettings = field(default_factory=lambda: AuthzSettings())
     oidc: OidcSettings = field(default_factory=OidcSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    # Seconds a stopping gateway gives in-flight requests before it closes (SIGTERM).
+    shutdown_grace_seconds: float = 10.0
 
     @property
     def digid_port(self) -> int:
@@ -246,6 +289,8 @@ def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
         demo_portal_port=_int(data, "demo_portal_port", 8088),
         authz=_authz(_table(data, "authz")),
         oidc=_oidc(_table(data, "oidc"), mode, sandbox_host, sandbox_base_port),
+        store=_store(_table(data, "store")),
+        shutdown_grace_seconds=_float(data, "shutdown_grace_seconds", 10.0),
     )
     if mode == "production":
         _check_production(settings)

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Debian packages the test suite uses: independent verifiers, and chromium for the browser test
-# (driven by Playwright, tests/test_browser.py). Installs only what is missing.
+# Debian packages the test suite uses: independent verifiers, chromium for the browser test
+# (driven by Playwright, tests/test_browser.py), and PostgreSQL for the shared store's tests
+# (tests/postgres.py runs its own throw-away server as the `postgres` user). Installs only what
+# is missing.
 set -euo pipefail
-packages=(xmlsec1 chromium)
+packages=(xmlsec1 chromium postgresql)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
