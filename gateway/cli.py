@@ -91,7 +91,39 @@ def _parser() -> argparse.ArgumentParser:
         run=_keys_rotate
     )
     keys_sub.add_parser("list", help="list the seal keys, newest last").set_defaults(run=_keys_list)
+
+    config = sub.add_parser("config", help="the configuration")
+    config_sub = config.add_subparsers(metavar="ACTION", required=True)
+    c_reference = config_sub.add_parser(
+        "reference", help="print the configuration reference (docs/configuration.md)"
+    )
+    c_reference.add_argument("-o", "--output", type=Path, metavar="FILE", help="write it here")
+    c_reference.set_defaults(run=_config_reference)
+    c_check = config_sub.add_parser(
+        "check", help="load the configuration as the gateway would, and say what is wrong"
+    )
+    c_check.set_defaults(run=_config_check)
     return parser
+
+
+def _config_reference(args: argparse.Namespace) -> int:
+    from gateway.config_reference import reference
+
+    text = reference()
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.write_text(text)
+        print(f"wrote {args.output}")
+    return 0
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    load_keys(settings)
+    store = "PostgreSQL" if settings.store.postgres is not None else f"SQLite {settings.store_path}"
+    print(f"configuration is valid: {settings.mode} mode, store {store}")
+    return 0
 
 
 def _env_path(name: str) -> Path | None:

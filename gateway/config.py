@@ -174,6 +174,8 @@ class Settings:
     store: StoreSettings = field(default_factory=StoreSettings)
     # Seconds a stopping gateway gives in-flight requests before it closes (SIGTERM).
     shutdown_grace_seconds: float = 10.0
+    # Seconds /readyz answers 503 before the listener closes, so load balancers move away first.
+    shutdown_drain_seconds: float = 0.0
 
     @property
     def digid_port(self) -> int:
@@ -291,6 +293,7 @@ def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
         oidc=_oidc(_table(data, "oidc"), mode, sandbox_host, sandbox_base_port),
         store=_store(_table(data, "store")),
         shutdown_grace_seconds=_float(data, "shutdown_grace_seconds", 10.0),
+        shutdown_drain_seconds=_float(data, "shutdown_drain_seconds", 0.0),
     )
     if mode == "production":
         _check_production(settings)

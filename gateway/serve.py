@@ -10,7 +10,7 @@ from aiohttp import web
 
 from connectors._sandbox import CITIZENS
 from connectors._sandbox.runner import RunningSandbox, serve_app, start_sandbox
-from gateway.app import create_app
+from gateway.app import LIFECYCLE, create_app
 from gateway.config import SANDBOX_ORGS, Settings
 
 
@@ -57,12 +57,16 @@ async def run_gateway(settings: Settings, *, with_sandboxes: bool) -> None:
         digid = await start_stand_in_digid(settings)
         if digid is not None:
             runners.append(digid)
-    # In-flight bundles are bounded by the fan-out deadline; let them finish on shutdown.
+    # Graceful shutdown (SIGTERM, SIGINT): /readyz turns 503 at once so load balancers move
+    # traffic away (for shutdown_drain_seconds); then the listener closes, in-flight requests get
+    # up to shutdown_grace_seconds to finish, and the app's cleanup flushes the outbox and closes
+    # the store. In-flight bundles are bounded by the fan-out deadline.
+    gateway_app = create_app(settings)
     runner, port = await serve_app(
-        create_app(settings),
+        gateway_app,
         host=settings.host,
         port=settings.port,
-        shutdown_timeout=settings.deadline_seconds + 5,
+        shutdown_timeout=max(settings.shutdown_grace_seconds, settings.deadline_seconds + 1),
     )
     runners.append(runner)
     base = f"http://{settings.host}:{port}"
@@ -71,9 +75,13 @@ async def run_gateway(settings: Settings, *, with_sandboxes: bool) -> None:
     print(_banner(settings, base, with_sandboxes), flush=True)
     try:
         await wait_for_stop()
+        gateway_app[LIFECYCLE].draining = True
+        print("stopping: draining, then finishing in-flight requests", flush=True)
+        await asyncio.sleep(settings.shutdown_drain_seconds)
     finally:
         for r in reversed(runners):
             await r.cleanup()
+    print("stopped", flush=True)
 
 
 async def start_demo_portal(settings: Settings, gateway_url: str) -> web.AppRunner:

@@ -7,6 +7,7 @@ portal's back-end (the test, through PortalClient) talk to them over real socket
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
@@ -48,6 +49,7 @@ class Cluster:
     database: str
     config: dict[str, Any]
     workdir: Path
+    sandbox_urls: dict[str, str]
     cleanup: list[Any] = field(default_factory=list)
 
     def outbox_events(self) -> list[dict[str, Any]]:
@@ -105,6 +107,7 @@ async def cluster(
         database,
         config,
         tmp_path,
+        {org: s.url for org, s in sandboxes.items()},
         [digid.runner, *(s.runner for s in sandboxes.values())],
     )
     yield made
@@ -246,3 +249,51 @@ async def test_sigkill_of_one_replica_under_load_loses_only_requests_in_flight(
     assert {bundel_id for _, bundel_id, _ in result.ok} <= audited
     async with cluster.session.get(f"{cluster.b.url}/readyz") as response:
         assert response.status == 200
+
+
+async def test_sigterm_finishes_in_flight_requests_flushes_and_exits_cleanly(
+    cluster: Cluster,
+) -> None:
+    """SIGTERM: /readyz turns 503 while draining, the request already in flight is answered and
+    audited, new connections are refused once the listener closes, the process exits 0."""
+    replica = await start_replica(
+        "c", {**cluster.config, "shutdown_drain_seconds": 1.0}, cluster.workdir
+    )
+    try:
+        async with cluster.session.put(
+            f"{cluster.sandbox_urls['duo']}/_sandbox/faults", json={"latency_ms": 2000}
+        ) as response:
+            assert response.status == 200
+        in_flight = asyncio.ensure_future(
+            cluster.session.post(f"{replica.url}/v1/sandbox/bundel", json={"bsn": EVERYWHERE})
+        )
+        await asyncio.sleep(0.5)
+        assert not in_flight.done()
+        replica.process.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        async with cluster.session.get(f"{replica.url}/readyz") as response:
+            assert response.status == 503
+            body = await response.json()
+            assert body["ready"] is False
+            assert "draining" in body["checks"]["lifecycle"]
+        response = await in_flight
+        assert response.status == 200, await response.text()
+        bundel_id = orjson.loads(await response.read())["bundel"]["bundel_id"]
+        response.release()
+        exit_code = await asyncio.to_thread(replica.process.wait, 30)
+        assert exit_code == 0
+        with pytest.raises(aiohttp.ClientConnectorError):
+            async with cluster.session.get(f"{replica.url}/healthz"):
+                pass
+        audited = [
+            e
+            for e in cluster.outbox_events()
+            if e["type"].endswith("bundel.uitgegeven.v1") and e["data"]["bundel_id"] == bundel_id
+        ]
+        assert len(audited) == 1
+        log = replica.log.read_text()
+        assert "stopped" in log.splitlines()[-1]
+    finally:
+        replica.stop()
+        async with cluster.session.delete(f"{cluster.sandbox_urls['duo']}/_sandbox/faults"):
+            pass
