@@ -80,6 +80,13 @@ def _parser() -> argparse.ArgumentParser:
     sandbox_sub = sandbox.add_subparsers(metavar="ACTION", required=True)
     s_serve = sandbox_sub.add_parser("serve", help="run sandbox services on their default ports")
     s_serve.add_argument("--org", action="append", choices=SANDBOX_ORGS, help="default: all four")
+    s_serve.add_argument(
+        "--digid-for",
+        action="append",
+        metavar="GATEWAY_URL",
+        help="also run the stand-in DigiD, with the gateway at this base URL registered "
+        "(repeat for replicas; deploy/compose.yaml)",
+    )
     s_serve.set_defaults(run=_sandbox_serve)
     s_citizens = sandbox_sub.add_parser("citizens", help="list the test citizens")
     s_citizens.add_argument("--json", action="store_true", help="machine-readable output")
@@ -171,7 +178,7 @@ def _sandbox_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     _event_loop_policy()
-    asyncio.run(run_sandboxes(settings, args.org or SANDBOX_ORGS))
+    asyncio.run(run_sandboxes(settings, args.org or SANDBOX_ORGS, args.digid_for or ()))
     return 0
 
 

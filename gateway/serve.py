@@ -38,15 +38,31 @@ async def start_sandboxes(
     ]
 
 
-async def run_sandboxes(settings: Settings, orgs: Sequence[str]) -> None:
+async def run_sandboxes(
+    settings: Settings, orgs: Sequence[str], digid_for: Sequence[str] = ()
+) -> None:
+    """The sandboxes; with `digid_for` also the stand-in DigiD, for gateways at those URLs."""
     running = await start_sandboxes(settings, orgs)
+    runners = [s.runner for s in running]
     for sandbox in running:
         print(f"sandbox {sandbox.org:9} {sandbox.url}", flush=True)
+    if digid_for:
+        from gateway.demo.digid import gateway_client, start_digid
+
+        client = gateway_client(settings.oidc.client_id, list(digid_for))
+        digid = await start_digid(
+            host=settings.sandbox_host,
+            port=settings.digid_port,
+            mode=settings.mode,
+            clients=[client],
+        )
+        runners.append(digid.runner)
+        print(f"stand-in DigiD (not for production) {digid.url}", flush=True)
     try:
         await wait_for_stop()
     finally:
-        for sandbox in running:
-            await sandbox.runner.cleanup()
+        for runner in runners:
+            await runner.cleanup()
 
 
 async def run_gateway(settings: Settings, *, with_sandboxes: bool) -> None:
