@@ -126,7 +126,8 @@ def _store(table: Mapping[str, Any]) -> StoreSettings:
         return StoreSettings()
     if urlsplit(url).scheme not in ("postgresql", "postgres"):
         raise ConfigError(
-            f"[store] url must be a postgresql:// URL (or absent for SQLite), not {url!r}"
+            "[store] url must be a postgresql:// URL (or absent for SQLite), not a "
+            f"{urlsplit(url).scheme or 'schemeless'} URL"
         )
     if urlsplit(url).password is not None:
         raise ConfigError(
