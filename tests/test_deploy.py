@@ -34,7 +34,7 @@ K8S_VERSION = "1.30"
 # Metrics that neither this gateway nor the other branches export: Prometheus' own `up`, and
 # the Kafka exporter's (Strimzi) under-replication count.
 EXTERNAL_METRICS = {"up", "kafka_server_replicamanager_underreplicatedpartitions"}
-CRD_KINDS = {"ServiceMonitor", "KafkaTopic", "ExternalSecret"}
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "KafkaTopic", "ExternalSecret"}
 SECRET_WORDS = re.compile(r"PASSWORD|SECRET|TOKEN|PRIVATE|(^|_)KEY($|_)", re.IGNORECASE)
 
 
@@ -531,6 +531,12 @@ def test_alert_rules_are_well_formed() -> None:
         assert metric in used, f"no alert on {topic}"
     prometheus = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     assert prometheus["rule_files"] == ["/etc/prometheus/alerts.yaml"]
+
+
+def test_kubernetes_gets_the_same_alert_rules(production: list[dict[str, Any]]) -> None:
+    rule = find(production, "PrometheusRule", "blauweknop")
+    alerts = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yaml").read_text())
+    assert rule["spec"] == alerts, "regenerate: .venv/bin/python deploy/dev/prometheusrule.py"
 
 
 def test_dashboard_is_well_formed_and_covers_the_promised_panels() -> None:
