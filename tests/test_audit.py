@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import orjson
 
 from gateway.app import AUDIT, METRICS
+from gateway.audit import PseudonymKey
 from tests.conftest import Stack
 
 CITIZEN = "999990032"
@@ -59,3 +63,23 @@ async def test_no_evidence_no_data(stack: Stack) -> None:
         assert response.status == 503, "not ready without a working outbox"
     metric = stack.app[METRICS].bundles.labels("withheld_no_evidence")._value.get()
     assert metric == 1
+
+
+def test_replicas_starting_together_share_one_development_pseudonym_key(tmp_path: Path) -> None:
+    """Two gateway processes on a fresh state_dir once raced to create the key (seen in
+    tests/test_replicas.py); every starter must end up with the same, complete key."""
+    for round_ in range(20):
+        state_dir = tmp_path / f"state{round_}"
+        barrier = threading.Barrier(8)
+
+        def start(
+            _: int, barrier: threading.Barrier = barrier, state_dir: Path = state_dir
+        ) -> bytes:
+            barrier.wait()
+            return PseudonymKey.development(state_dir).secret
+
+        with ThreadPoolExecutor(8) as pool:
+            secrets = list(pool.map(start, range(8)))
+        assert len(set(secrets)) == 1
+        assert len(secrets[0]) == 64
+        assert [p.name for p in state_dir.iterdir()] == ["audit-pseudonym.key"]

@@ -199,6 +199,9 @@ async def test_sigkill_of_one_replica_under_load_loses_only_requests_in_flight(
                 turn += 1
                 name = alive[turn % len(alive)]
                 started = time.monotonic()
+                in_flight[name] += 1
+                if name == "a" and killed_at and len(killed_at) == 1:
+                    sent_while_dying.append(started)
                 try:
                     async with session.post(
                         f"{replicas[name].url}/v1/sandbox/bundel", json={"bsn": EVERYWHERE}
@@ -217,9 +220,16 @@ async def test_sigkill_of_one_replica_under_load_loses_only_requests_in_flight(
                     result.lost.append((name, started))
                     if name in alive and len(alive) > 1:
                         alive.remove(name)
+                finally:
+                    in_flight[name] -= 1
+
+    in_flight = {"a": 0, "b": 0}
+    sent_while_dying: list[float] = []
+    in_flight_at_kill: list[int] = []
 
     async def killer() -> None:
         await asyncio.sleep(2.0)
+        in_flight_at_kill.append(in_flight["a"])
         killed_at.append(time.monotonic())
         await asyncio.to_thread(cluster.a.kill)
         killed_at.append(time.monotonic())  # the process is gone (reaped)
@@ -229,7 +239,13 @@ async def test_sigkill_of_one_replica_under_load_loses_only_requests_in_flight(
     assert killed_at, "the replica was killed"
     assert not result.other, result.other[:5]
     assert all(name == "a" for name, _ in result.lost), "the surviving replica lost nothing"
-    assert len(result.lost) <= workers, "at most the requests in flight at the kill"
+    assert len(result.lost) <= workers, "at most one per client"
+    assert len(result.lost) <= in_flight_at_kill[0] + len(sent_while_dying), (
+        "only the requests being served by the killed process are lost",
+        result.lost,
+        in_flight_at_kill,
+        sent_while_dying,
+    )
     assert all(started <= killed_at[1] for _, started in result.lost), (
         "only requests sent before the process was gone are lost",
         killed_at,
