@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN = $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench soak clean
 
 demo: $(VENV)/.installed
 	$(BIN)/blauweknop up
@@ -25,6 +25,11 @@ bench: $(VENV)/.installed
 	$(BIN)/python -m bench.documents
 	$(BIN)/python -m bench.audit
 	$(BIN)/python -m bench.audit_verify
+
+# Soak at half capacity (docs/performance.md): make soak MINUTES=10
+MINUTES ?= 10
+soak: $(VENV)/.installed
+	$(BIN)/python -m bench.soak --minutes $(MINUTES)
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -6,7 +6,8 @@ import asyncio
 import hashlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from html import escape
 from typing import Any
 
@@ -32,8 +33,7 @@ from gateway.fanout import Fanout
 from gateway.metrics import Metrics
 from gateway.schema import SCHEMA_FILE, schema_bytes
 from gateway.sign import KeyRing, SignedBundel
-from gateway.store import StoreUnavailable
-from gateway.store.sqlite import SqliteStore
+from gateway.store import StoreUnavailable, open_store
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,21 @@ SESSION = web.AppKey("session", aiohttp.ClientSession)
 AUDIT = web.AppKey("audit", AuditTrail)
 RELAY = web.AppKey("relay", Relay)
 TRANSACTIE_ID = web.RequestKey("transactie_id", str)
+
+
+@dataclass
+class Lifecycle:
+    """Whether the gateway is stopping: once draining, /readyz says 503 so traffic moves away."""
+
+    draining: bool = False
+
+
+# A readiness check returns None when healthy, or says what is wrong (no personal data). The
+# store's is built in; the Kafka relay appends its own (broker reachable, producer healthy).
+ReadinessCheck = Callable[[web.Application], Awaitable[str | None]]
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+READINESS_CHECKS = web.AppKey("readiness_checks", dict[str, ReadinessCheck])
+READINESS_TIMEOUT = 2.0
 
 JOSE = "application/jose"
 JSON = "application/json"
@@ -77,6 +92,13 @@ def create_app(settings: Settings, keys: KeyRing | None = None) -> web.Applicati
     app[KEYS] = keys
     app[METRICS] = metrics
     app[ISSUER] = BundleIssuer(fanout, keys, settings.uitgever, metrics)
+    app[LIFECYCLE] = Lifecycle()
+    checks: dict[str, ReadinessCheck] = {"store": _store_ready, "http_client": _client_ready}
+    app[READINESS_CHECKS] = checks
+    for key in (keys.active, *keys.retired):
+        role = "active" if key is keys.active else "retired"
+        not_after = key.chain[0].not_valid_after_utc.timestamp()
+        metrics.certificate_not_after.labels(key.kid, role).set(not_after)
     app.cleanup_ctx.append(_client_session)
     app.cleanup_ctx.append(_audit_trail)
     app.cleanup_ctx.append(_documents)
@@ -122,7 +144,7 @@ async def _audit_trail(app: web.Application) -> AsyncIterator[None]:
         archive_key = ArchivistPublicKey.development(settings.state_dir)
     else:
         raise ConfigError("production mode needs [audit] archive_public_key_file")
-    store = await SqliteStore.open(settings.store_path)
+    store = await open_store(settings)
     max_event_bytes = settings.kafka.max_message_bytes if settings.kafka else None
     app[AUDIT] = AuditTrail(store, key, settings.uitgever, archive_key, max_event_bytes)
     try:
@@ -244,14 +266,43 @@ async def _healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+async def _store_ready(app: web.Application) -> str | None:
+    if AUDIT not in app or not app[AUDIT].store.is_open:
+        return "the store is not open"
+    try:
+        await app[AUDIT].store.ping()
+    except StoreUnavailable as exc:
+        return str(exc)
+    return None
+
+
+async def _client_ready(app: web.Application) -> str | None:
+    if SESSION not in app or app[SESSION].closed:
+        return "the HTTP client for the organisations is closed"
+    return None
+
+
 async def _readyz(request: web.Request) -> web.Response:
-    ready = (
-        SESSION in request.app
-        and not request.app[SESSION].closed
-        and AUDIT in request.app
-        and request.app[AUDIT].store.is_open
-    )
-    return web.json_response({"ready": ready}, status=200 if ready else 503)
+    """Ready when not draining and every check passes (store, HTTP client, Kafka once present)."""
+    app = request.app
+    checks = app[READINESS_CHECKS]
+
+    async def run(check: ReadinessCheck) -> str | None:
+        try:
+            return await asyncio.wait_for(check(app), READINESS_TIMEOUT)
+        except TimeoutError:
+            return f"no answer within {READINESS_TIMEOUT} s"
+
+    outcomes = await asyncio.gather(*(run(c) for c in checks.values()))
+    results = {name: outcome or "ok" for name, outcome in zip(checks, outcomes, strict=True)}
+    if app[LIFECYCLE].draining:
+        results["lifecycle"] = "draining: the gateway is shutting down"
+    ready = all(v == "ok" for v in results.values())
+    app[METRICS].ready.set(1 if ready else 0)
+    for name, outcome in results.items():
+        if outcome != "ok":
+            log.warning("not ready: %s: %s", name, outcome)
+    return web.json_response({"ready": ready, "checks": results}, status=200 if ready else 503)
 
 
 async def _metrics(request: web.Request) -> web.Response:

@@ -81,6 +81,13 @@ def _parser() -> argparse.ArgumentParser:
     sandbox_sub = sandbox.add_subparsers(metavar="ACTION", required=True)
     s_serve = sandbox_sub.add_parser("serve", help="run sandbox services on their default ports")
     s_serve.add_argument("--org", action="append", choices=SANDBOX_ORGS, help="default: all four")
+    s_serve.add_argument(
+        "--digid-for",
+        action="append",
+        metavar="GATEWAY_URL",
+        help="also run the stand-in DigiD, with the gateway at this base URL registered "
+        "(repeat for replicas; deploy/compose.yaml)",
+    )
     s_serve.set_defaults(run=_sandbox_serve)
     s_citizens = sandbox_sub.add_parser("citizens", help="list the test citizens")
     s_citizens.add_argument("--json", action="store_true", help="machine-readable output")
@@ -114,7 +121,39 @@ def _parser() -> argparse.ArgumentParser:
     keys_sub.add_parser("list", help="list the seal keys, newest last").set_defaults(run=_keys_list)
 
     add_audit_group(sub)  # blauweknop audit …: gateway/audit/cli.py
+
+    config = sub.add_parser("config", help="the configuration")
+    config_sub = config.add_subparsers(metavar="ACTION", required=True)
+    c_reference = config_sub.add_parser(
+        "reference", help="print the configuration reference (docs/configuration.md)"
+    )
+    c_reference.add_argument("-o", "--output", type=Path, metavar="FILE", help="write it here")
+    c_reference.set_defaults(run=_config_reference)
+    c_check = config_sub.add_parser(
+        "check", help="load the configuration as the gateway would, and say what is wrong"
+    )
+    c_check.set_defaults(run=_config_check)
     return parser
+
+
+def _config_reference(args: argparse.Namespace) -> int:
+    from gateway.config_reference import reference
+
+    text = reference()
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.write_text(text)
+        print(f"wrote {args.output}")
+    return 0
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    load_keys(settings)
+    store = "PostgreSQL" if settings.store.postgres is not None else f"SQLite {settings.store_path}"
+    print(f"configuration is valid: {settings.mode} mode, store {store}")
+    return 0
 
 
 def _env_path(name: str) -> Path | None:
@@ -162,7 +201,7 @@ def _sandbox_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     _event_loop_policy()
-    asyncio.run(run_sandboxes(settings, args.org or SANDBOX_ORGS))
+    asyncio.run(run_sandboxes(settings, args.org or SANDBOX_ORGS, args.digid_for or ()))
     return 0
 
 

@@ -26,6 +26,7 @@ from gateway.hsm import Pkcs11Config
 from gateway.models import Contactoptie, Organisatie
 from gateway.pki import DevPki
 from gateway.sign import KeyRing
+from gateway.store.postgres import PostgresOptions
 
 Mode = Literal["sandbox", "production"]
 ENTRY_POINT_GROUP = "blauweknop.connectors"
@@ -198,6 +199,46 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreSettings:
+    """`[store]`: where shared state lives. No url: SQLite in `state_dir` (one replica).
+
+    `url = "postgresql://user@host:5432/db?sslmode=verify-full"` serves several replicas; the
+    password comes from `password_file`, never from the URL or the environment.
+    """
+
+    postgres: PostgresOptions | None = None
+
+
+def _store(table: Mapping[str, Any]) -> StoreSettings:
+    url = _str(table, "url", "")
+    if not url:
+        return StoreSettings()
+    if urlsplit(url).scheme not in ("postgresql", "postgres"):
+        raise ConfigError(
+            "[store] url must be a postgresql:// URL (or absent for SQLite), not a "
+            f"{urlsplit(url).scheme or 'schemeless'} URL"
+        )
+    if urlsplit(url).password is not None:
+        raise ConfigError(
+            "[store] url may not contain a password: put it in a file and name that file "
+            "as [store] password_file (mounted as a secret)"
+        )
+    defaults = PostgresOptions(url)
+    options = PostgresOptions(
+        url=url,
+        password_file=Path(_str(table, "password_file")) if "password_file" in table else None,
+        pool_min=_int(table, "pool_min", defaults.pool_min),
+        pool_max=_int(table, "pool_max", defaults.pool_max),
+        connect_timeout=_float(table, "connect_timeout", defaults.connect_timeout),
+        acquire_timeout=_float(table, "acquire_timeout", defaults.acquire_timeout),
+        purge_seconds=_float(table, "purge_seconds", defaults.purge_seconds),
+    )
+    if not 1 <= options.pool_min <= options.pool_max:
+        raise ConfigError("[store] needs 1 <= pool_min <= pool_max")
+    return StoreSettings(options)
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     mode: Mode = "sandbox"
     host: str = "127.0.0.1"
@@ -228,6 +269,11 @@ class Settings:
     oidc: OidcSettings = field(default_factory=OidcSettings)
     # The organisation registry, BRP, policies and rate limits (docs/federation.md).
     federation: FederationSettings = field(default_factory=FederationSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    # Seconds a stopping gateway gives in-flight requests before it closes (SIGTERM).
+    shutdown_grace_seconds: float = 10.0
+    # Seconds /readyz answers 503 before the listener closes, so load balancers move away first.
+    shutdown_drain_seconds: float = 0.0
 
     @property
     def digid_port(self) -> int:
@@ -365,6 +411,9 @@ def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
             niceness=_int(documents, "niceness", 10),
             warm_up=_bool(documents, "warm_up", False) if "warm_up" in documents else None,
         ),
+        store=_store(_table(data, "store")),
+        shutdown_grace_seconds=_float(data, "shutdown_grace_seconds", 10.0),
+        shutdown_drain_seconds=_float(data, "shutdown_drain_seconds", 0.0),
     )
     if mode == "production":
         _check_production(settings)

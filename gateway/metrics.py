@@ -35,6 +35,18 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.certificate_not_after = Gauge(
+            "blauweknop_signing_certificate_not_after_seconds",
+            "When a seal certificate expires (Unix time), per key id and role (active, retired); "
+            "alerts fire weeks ahead so rotation is calm.",
+            ["kid", "role"],
+            registry=self.registry,
+        )
+        self.ready = Gauge(
+            "blauweknop_ready",
+            "1 while this replica is ready for traffic (what /readyz last answered).",
+            registry=self.registry,
+        )
         self.bundle_latency = Histogram(
             "blauweknop_bundle_seconds",
             "Time to build and sign one bundle.",

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from connectors._sandbox import CITIZENS
 from connectors._sandbox.runner import RunningSandbox, serve_app, start_sandbox
-from gateway.app import create_app
+from gateway.app import LIFECYCLE, create_app
 from gateway.audit.archive import development_key_path
 from gateway.audit.broker import EmbeddedBroker, start_broker
 from gateway.audit.checkpointer import demo_checkpointing
@@ -44,15 +44,31 @@ async def start_sandboxes(
     ]
 
 
-async def run_sandboxes(settings: Settings, orgs: Sequence[str]) -> None:
+async def run_sandboxes(
+    settings: Settings, orgs: Sequence[str], digid_for: Sequence[str] = ()
+) -> None:
+    """The sandboxes; with `digid_for` also the stand-in DigiD, for gateways at those URLs."""
     running = await start_sandboxes(settings, orgs)
+    runners = [s.runner for s in running]
     for sandbox in running:
         print(f"sandbox {sandbox.org:9} {sandbox.url}", flush=True)
+    if digid_for:
+        from gateway.demo.digid import gateway_client, start_digid
+
+        client = gateway_client(settings.oidc.client_id, list(digid_for))
+        digid = await start_digid(
+            host=settings.sandbox_host,
+            port=settings.digid_port,
+            mode=settings.mode,
+            clients=[client],
+        )
+        runners.append(digid.runner)
+        print(f"stand-in DigiD (not for production) {digid.url}", flush=True)
     try:
         await wait_for_stop()
     finally:
-        for sandbox in running:
-            await sandbox.runner.cleanup()
+        for runner in runners:
+            await runner.cleanup()
 
 
 async def run_gateway(settings: Settings, *, with_sandboxes: bool) -> None:
@@ -76,12 +92,16 @@ async def run_gateway(settings: Settings, *, with_sandboxes: bool) -> None:
         if settings.kafka is not None:
             # The Merkle log: the development TSA and a checkpointer (docs/audit.md).
             await checkpointing.enter_async_context(demo_checkpointing(settings, settings.kafka))
-    # In-flight bundles are bounded by the fan-out deadline; let them finish on shutdown.
+    # Graceful shutdown (SIGTERM, SIGINT): /readyz turns 503 at once so load balancers move
+    # traffic away (for shutdown_drain_seconds); then the listener closes, in-flight requests get
+    # up to shutdown_grace_seconds to finish, and the app's cleanup flushes the outbox and closes
+    # the store. In-flight bundles are bounded by the fan-out deadline.
+    gateway_app = create_app(settings)
     runner, port = await serve_app(
-        create_app(settings),
+        gateway_app,
         host=settings.host,
         port=settings.port,
-        shutdown_timeout=settings.deadline_seconds + 5,
+        shutdown_timeout=max(settings.shutdown_grace_seconds, settings.deadline_seconds + 1),
     )
     runners.append(runner)
     base = f"http://{settings.host}:{port}"
@@ -90,6 +110,9 @@ async def run_gateway(settings: Settings, *, with_sandboxes: bool) -> None:
     print(_banner(settings, base, with_sandboxes), flush=True)
     try:
         await wait_for_stop()
+        gateway_app[LIFECYCLE].draining = True
+        print("stopping: draining, then finishing in-flight requests", flush=True)
+        await asyncio.sleep(settings.shutdown_drain_seconds)
     finally:
         for r in reversed(runners):
             await r.cleanup()
@@ -97,6 +120,7 @@ async def run_gateway(settings: Settings, *, with_sandboxes: bool) -> None:
         if broker is not None:
             demo_address_file(settings).unlink(missing_ok=True)
             await broker.stop()
+    print("stopped", flush=True)
 
 
 async def start_demo_portal(settings: Settings, gateway_url: str) -> web.AppRunner:

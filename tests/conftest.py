@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from gateway.config import Settings, sandbox_organisation_table, settings_from_m
 from gateway.connector import client_tls
 from gateway.pki import DevPki
 from gateway.serve import start_sandboxes
+from tests.postgres import PostgresServer
 
 
 @pytest.fixture(scope="session")
@@ -105,3 +106,11 @@ async def stack(state_dir: Path, pki: DevPki) -> AsyncIterator[Stack]:
     await made.session.close()
     for runner in runners:
         await runner.cleanup()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session (tests/postgres.py); each test its own db."""
+    server = PostgresServer.start()
+    yield server
+    server.stop()

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import orjson
 
 from gateway.app import AUDIT, METRICS
+from gateway.audit import PseudonymKey
 from tests.conftest import Stack
 
 CITIZEN = "999990032"
@@ -23,7 +27,8 @@ async def test_every_bundle_leaves_cloudevents_in_the_outbox_without_the_bsn(
         assert response.status == 200
         body = await response.read()
         tx = response.headers["X-Transactie-Id"]
-    records = await audit.store.unsent(100)
+    # The session's store holds other tests' events too: this transaction's are keyed by its id.
+    records = [r for r in await audit.store.unsent(1_000_000) if r.key == tx]
     assert [r.key for r in records] == [tx] * 6, "four calls, the archived document, the bundle"
     events = [orjson.loads(r.payload) for r in records]
     assert all(e["specversion"] == "1.0" and e["transactieid"] == tx for e in events)
@@ -61,3 +66,23 @@ async def test_no_evidence_no_data(stack: Stack) -> None:
         assert response.status == 503, "not ready without a working outbox"
     metric = stack.app[METRICS].bundles.labels("withheld_no_evidence")._value.get()
     assert metric == 1
+
+
+def test_replicas_starting_together_share_one_development_pseudonym_key(tmp_path: Path) -> None:
+    """Two gateway processes on a fresh state_dir once raced to create the key (seen in
+    tests/test_replicas.py); every starter must end up with the same, complete key."""
+    for round_ in range(20):
+        state_dir = tmp_path / f"state{round_}"
+        barrier = threading.Barrier(8)
+
+        def start(
+            _: int, barrier: threading.Barrier = barrier, state_dir: Path = state_dir
+        ) -> bytes:
+            barrier.wait()
+            return PseudonymKey.development(state_dir).secret
+
+        with ThreadPoolExecutor(8) as pool:
+            secrets = list(pool.map(start, range(8)))
+        assert len(set(secrets)) == 1
+        assert len(secrets[0]) == 64
+        assert [p.name for p in state_dir.iterdir()] == ["audit-pseudonym.key"]

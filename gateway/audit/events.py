@@ -6,6 +6,7 @@ deployment secret), and every event names the key id so the key can rotate.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import hmac
@@ -53,10 +54,16 @@ class PseudonymKey:
         """Made on first use in sandbox mode; production configures a file."""
         path = state_dir / "audit-pseudonym.key"
         if not path.exists():
+            # Replicas may start together on one state_dir: write aside, then link into place
+            # atomically; whoever links first wins, and nobody reads a half-written key.
             state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            aside = state_dir / f".audit-pseudonym.key.{secrets.token_hex(8)}"
+            fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as f:
                 f.write(secrets.token_hex(32).encode())
+            with contextlib.suppress(FileExistsError):
+                os.link(aside, path)
+            aside.unlink()
         return cls.from_file(path)
 
 

@@ -3,17 +3,20 @@
 The outbox holds audit events until the relay has published them; expiring keys hold sessions,
 authorization codes and replay caches; versioned documents hold the federation's organisation
 registry (every version kept); counters hold rate limits shared by all replicas. SQLite
-(`gateway.store.sqlite`) is the embedded default; a PostgreSQL implementation serves several
-replicas.
+(`gateway.store.sqlite`) is the embedded default; PostgreSQL (`gateway.store.postgres`,
+`[store] url = "postgresql://…"`) serves several replicas.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from gateway.errors import BlauweKnopError
+
+if TYPE_CHECKING:
+    from gateway.config import Settings
 
 
 class StoreUnavailable(BlauweKnopError):
@@ -103,7 +106,24 @@ class Store(Protocol):
         """Add one to a counter that resets `window` seconds after its first hit; the new count."""
         ...
 
-    async def close(self) -> None: ...
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless the store answers now (readiness)."""
+        ...
+
+    async def close(self) -> None:
+        """Finish the appends already queued, then release the store."""
+        ...
 
     @property
     def is_open(self) -> bool: ...
+
+
+async def open_store(settings: Settings) -> Store:
+    """The store `[store] url` names: PostgreSQL for `postgresql://…`, else SQLite in state_dir."""
+    if settings.store.postgres is not None:
+        from gateway.store.postgres import PostgresStore
+
+        return await PostgresStore.open(settings.store.postgres)
+    from gateway.store.sqlite import SqliteStore
+
+    return await SqliteStore.open(settings.store_path)

@@ -270,6 +270,12 @@ class SqliteStore:
         with self._transaction() as conn:
             conn.executemany(sql, params)
 
+    async def ping(self) -> None:
+        try:
+            await self._run(self._query, "SELECT 1", ())
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"the SQLite store does not answer: {exc}") from exc
+
     async def close(self) -> None:
         if self._flusher is not None:
             await self._flusher
