@@ -49,6 +49,59 @@ DESCRIPTIONS: dict[str, str] = {
     "signing.chain": "the seal's certificate chain (PEM file), leaf first",
     "signing.retired": "list of retired certificate chains, still published so older bundles "
     "verify",
+    "audit.archive_public_key_file": "the archivist's X25519 public key (PEM): every issued "
+    "document is archived HPKE-encrypted to it; required in production",
+    "audit.disabled_for_benchmark": "sandbox benchmarks only: no audit records (refused in "
+    "production)",
+    "audit.origin": "the Merkle log's origin line (default: `<uitgever OIN>/blauweknop/audit`)",
+    "audit.checkpoint_key_file": "Ed25519 private key (PEM) that signs checkpoints "
+    "(checkpointer only; sandbox: made on first use)",
+    "audit.checkpoint_verifier_key": "the checkpoint note verifier key auditors check against",
+    "audit.checkpoint_every_events": "a checkpoint after at most this many new events",
+    "audit.checkpoint_every_seconds": "a checkpoint after at most this many seconds",
+    "audit.checkpointer_group": "Kafka consumer group that keeps one checkpointer active",
+    "audit.tsa_url": "RFC 3161 time-stamping authority for checkpoints",
+    "audit.tsa_ca_file": "CA certificate(s) (PEM) the checkpoint TSA must chain to",
+    "audit.tsa_cert_file": "optional: pin the checkpoint TSA's own certificate (PEM)",
+    "documents.tsa_url": "RFC 3161 time-stamping authority for the PDF seal; required in "
+    "production",
+    "documents.trust_roots": "root certificates (PEM) of the seal and the TSA; required in "
+    "production",
+    "documents.crl_files": "revocation lists (DER/PEM) embedded in the PDF as they are",
+    "documents.fetch_revocation": "let pyHanko fetch the CRLs/OCSP answers the certificates "
+    "point at",
+    "documents.workers": "processes that make and verify PDF and XML documents",
+    "documents.niceness": "CPU priority of those processes below the event loop",
+    "documents.public_url": "the gateway's address printed in the PDF (its `/verifieer` page)",
+    "documents.max_verify_bytes": "largest file accepted by `POST /v1/verify`",
+    "documents.warm_up": "start the document processes at start-up (default: in production)",
+    "federation.admin_jwks": "the federation administrators' public keys (JWKS file); without "
+    "it in production nobody can approve an organisation",
+    "federation.brp_url": "the population register (Haal Centraal BRP) that names a citizen's "
+    "municipality",
+    "federation.brp_timeout": "seconds to wait for the BRP",
+    "federation.connectors": "connector types registered organisations may use",
+    "federation.poll_seconds": "how often a running gateway looks for registry changes",
+    "federation.rate_citizen_per_minute": "bundle requests per citizen per minute",
+    "federation.rate_portal_per_minute": "bundle requests per portal per minute",
+    "kafka.bootstrap_servers": "the audit stream's Kafka brokers (`host:port`, comma "
+    "separated); required in production",
+    "kafka.security_protocol": "`SSL` or `SASL_SSL` in production",
+    "kafka.ca_file": "CA certificate (PEM) of the brokers",
+    "kafka.cert_file": "client certificate (PEM) for two-sided TLS",
+    "kafka.key_file": "its private key (PEM); mount as a secret",
+    "kafka.sasl_mechanism": "`PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`",
+    "kafka.sasl_username": "SASL user name",
+    "kafka.sasl_password_file": "file holding the SASL password (mounted secret)",
+    "kafka.client_id": "client id the relay gives the brokers",
+    "kafka.idempotence": "idempotent producer (real Kafka: on; the embedded Tansu broker: off)",
+    "kafka.request_timeout_seconds": "seconds one broker request may take",
+    "kafka.send_timeout_seconds": "seconds the relay waits for a batch to be acknowledged",
+    "kafka.max_message_bytes": "largest event the relay sends; within the topic's "
+    "max.message.bytes",
+    "kafka.relay_batch": "events per relay batch",
+    "signing.pkcs11_module": "instead of `key`: the PKCS#11 module of an HSM, with "
+    "`pkcs11_token`, `pkcs11_key_label` and `pkcs11_pin_file`",
     "authz.request_uri_seconds": "lifetime of a pushed authorization request (≤ 60)",
     "authz.code_seconds": "lifetime of an authorization code (≤ 60)",
     "authz.access_token_seconds": "lifetime of a DPoP-bound access token (≤ 300)",
@@ -104,7 +157,12 @@ DESCRIPTIONS: dict[str, str] = {
 _PROBE: dict[str, Any] = {
     "mode": "production",
     "public_url": "https://gateway.example",
-    "audit": {"pseudonym_key_file": "/run/secrets/pseudonym-key"},
+    "audit": {
+        "pseudonym_key_file": "/run/secrets/pseudonym-key",
+        "archive_public_key_file": "/etc/blauweknop/archivist.pub",
+    },
+    "documents": {"tsa_url": "https://tsa.example", "trust_roots": ["/etc/blauweknop/root.pem"]},
+    "kafka": {"bootstrap_servers": "kafka:9093", "security_protocol": "SSL"},
     "signing": {"key": "/run/secrets/seal.key", "chain": "/run/secrets/seal.pem"},
     "store": {"url": "postgresql://gateway@db/blauweknop", "password_file": "/run/secrets/pw"},
     "oidc": {"issuer": "https://digid-broker.example", "client_key": "/run/secrets/oidc.key"},

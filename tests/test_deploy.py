@@ -522,7 +522,7 @@ def test_alert_rules_are_well_formed() -> None:
         "error rate": "blauweknop_source_requests_total",
         "latency": "blauweknop_source_request_seconds_bucket",
         "breakers": "blauweknop_circuit_open",
-        "backlog": "blauweknop_outbox_backlog",
+        "backlog": "blauweknop_audit_outbox_backlog",
         "checkpoint age": "blauweknop_audit_checkpoint_timestamp_seconds",
         "certificate expiry": "blauweknop_signing_certificate_not_after_seconds",
     }
@@ -557,7 +557,7 @@ def test_dashboard_is_well_formed_and_covers_the_promised_panels() -> None:
         "blauweknop_source_requests_total",
         "blauweknop_source_request_seconds_bucket",
         "blauweknop_circuit_open",
-        "blauweknop_outbox_backlog",
+        "blauweknop_audit_outbox_backlog",
         "blauweknop_audit_checkpoint_timestamp_seconds",
         "blauweknop_signing_certificate_not_after_seconds",
     ):
