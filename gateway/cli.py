@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
         "--format",
         default="json",
         choices=("json", "jws", "xml", "pdf"),
-        help="json or jws; xml and pdf come with the certified-documents issue",
+        help="json (with a detached JWS), jws (compact), xml (XAdES) or pdf (PAdES, PDF/A-3)",
     )
     demo.add_argument("-o", "--output", type=Path, required=True, metavar="FILE")
     demo.add_argument("--portal", help="the demo portal's URL (default: the demo stack's)")
@@ -279,15 +279,6 @@ def _keys_list(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from gateway.demo.journey import LATER_FORMATS
-
-    if args.format in LATER_FORMATS:
-        print(
-            f"blauweknop demo: --format {args.format} comes with the certified-documents issue; "
-            "use json or jws for now",
-            file=sys.stderr,
-        )
-        return 2
     if args.citizen not in {c.bsn for c in CITIZENS}:
         print(
             "blauweknop demo: --citizen must be a test citizen; see: blauweknop sandbox citizens",
@@ -298,26 +289,36 @@ def _demo(args: argparse.Namespace) -> int:
     if settings.mode != "sandbox":
         print("blauweknop demo walks the demo stack, which needs sandbox mode", file=sys.stderr)
         return 2
+    if (
+        not args.start
+        and not settings.documents.trust_roots
+        and not settings.dev_pki.root_cert.exists()
+    ):
+        # The stack makes its development PKI on first start; the journey checks files against it.
+        print(
+            f"blauweknop demo: no demo stack has run with state directory {settings.state_dir}. "
+            "Start it there (make demo / blauweknop up), or let the journey start its own: --start",
+            file=sys.stderr,
+        )
+        return 1
     _event_loop_policy()
     return asyncio.run(_demo_journey(args, settings))
 
 
 async def _demo_journey(args: argparse.Namespace, settings: Settings) -> int:
-    from gateway.config import connector_factory
     from gateway.demo.journey import run_journey
     from gateway.demo.stack import start_demo_stack
+    from gateway.documents.service import document_trust
     from gateway.serve import demo_portal_url
 
     stack = await start_demo_stack(settings.state_dir) if args.start else None
     try:
         portal = args.portal or (stack.portal_url if stack else demo_portal_url(settings))
         print(f"journey for test citizen {args.citizen[:2]}*****{args.citizen[-2:]} at {portal}")
-        connectors = {
-            o.settings.organisatie.code: connector_factory(o.connector)(o.settings)
-            for o in settings.organisations
-        }
+        # The demo's trust roots (its development PKI) and each organisation's certificate.
+        trust = document_trust(settings)
         result = await run_journey(
-            portal, bsn=args.citizen, fmt=args.format, level=args.level, connectors=connectors
+            portal, bsn=args.citizen, trust=trust, fmt=args.format, level=args.level
         )
     finally:
         if stack is not None:
@@ -325,8 +326,16 @@ async def _demo_journey(args: argparse.Namespace, settings: Settings) -> int:
     for step in result.steps:
         print(f"  {step.status}  {step.name:9} {step.url.split('?')[0]}")
     args.output.write_bytes(result.body)
-    print(f"signature verified (key {result.verdict.kid}); sources:")
-    for source in result.verdict.sources:
+    print(f"signature verified (key {result.kid})")
+    if result.certified is not None:
+        print(f"  seal certificate {result.certified.signer}")
+        if result.certified.timestamp_time is not None:
+            print(
+                f"  time-stamp {result.certified.timestamp_time.isoformat()} "
+                f"by {result.certified.timestamp_authority}"
+            )
+    print("sources:")
+    for source in result.sources:
         print(f"  {source.code:7} {source.status:15} provenance {source.provenance}")
     print(f"wrote {args.output} ({len(result.body)} bytes, {result.media_type})")
     return 0

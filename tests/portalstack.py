@@ -70,12 +70,19 @@ class PortalStack:
 
     async def issued_bundles(self) -> float:
         """Bundles released so far, from the gateway's own metrics."""
+        return await self._metric("blauweknop_bundles_total{", '"issued"')
+
+    async def bundle_requests(self) -> float:
+        """Requests to the bundle endpoint so far, whatever their outcome."""
+        return await self._metric("blauweknop_authz_total{", 'endpoint="bundel"')
+
+    async def _metric(self, prefix: str, label: str) -> float:
         async with self.session.get(f"{self.url}/metrics") as response:
             text = await response.text()
         return sum(
             float(line.rsplit(" ", 1)[1])
             for line in text.splitlines()
-            if line.startswith("blauweknop_bundles_total{") and '"issued"' in line
+            if line.startswith(prefix) and label in line
         )
 
 

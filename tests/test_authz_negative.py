@@ -131,7 +131,7 @@ async def token_for(
     token = await client.redeem(
         world.session, code=back.params["code"], verifier=back.started.pkce.verifier, dpop_key=key
     )
-    return token, key
+    return token.access_token, key
 
 
 async def get_bundle(
@@ -771,5 +771,7 @@ async def test_a_login_from_before_the_authorization_is_not_reused(world: Portal
         token = await world.test.redeem(
             world.session, code=code, verifier=started.pkce.verifier, dpop_key=key
         )
-        download = await world.test.download(world.session, access_token=token, dpop_key=key)
+        download = await world.test.download(
+            world.session, access_token=token.access_token, dpop_key=key
+        )
         assert orjson.loads(download.body)["bundel"]["bsn"] == bsn

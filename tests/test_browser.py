@@ -1,7 +1,8 @@
 """A real browser walks the journey: Playwright driving Debian's Chromium (CONTEXT.md §6).
 
 Demo portal → the Blue Button (pressed with the keyboard) → the stand-in DigiD → the consent
-page → back at the portal → download → the file's signature verified. A screenshot of each step
+page → back at the portal → downloads: the JSON, and the certified PDF that the portal fetches
+from the gateway on the click → each file verified. A screenshot of each step
 is kept under test-output/browser/ (the path is printed), and axe-core, run in that browser,
 must report no WCAG 2.1 A or AA violation on the button, login and consent pages. Pages run
 under their real Content-Security-Policy; any CSP violation fails the test.
@@ -9,6 +10,7 @@ under their real Content-Security-Policy; any CSP violation fails the test.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 from collections.abc import AsyncIterator
@@ -19,6 +21,8 @@ from axe_playwright_python.async_playwright import Axe
 from playwright.async_api import ConsoleMessage, Page, async_playwright
 
 from gateway.demo.journey import gateway_trust
+from gateway.documents.service import document_trust
+from gateway.documents.verify import verify_file
 from gateway.pki import DevPki
 from gateway.verify import verify_download
 from tests.portalstack import PortalStack, start_portal_stack, stop_portal_stack
@@ -119,10 +123,18 @@ async def test_citizen_journey_in_a_real_browser(world: PortalStack, output: Pat
         await shot(page, "4-resultaat")
         await no_wcag_violations(page, "the portal's result page")
         async with page.expect_download() as download_info:
-            await page.get_by_role("link", name=re.compile("JSON")).click()
+            await page.get_by_role("button", name="Download als JSON-bestand").click()
         download = await download_info.value
         saved = OUTPUT / "bundel.json"
         await download.save_as(saved)
+        # The certified PDF: the portal's back-end fetches it from the gateway on the click.
+        async with page.expect_download(timeout=60_000) as download_info:
+            await page.get_by_role("button", name="Download als PDF (gewaarmerkt)").click()
+        pdf_download = await download_info.value
+        assert pdf_download.suggested_filename == "blauwe-knop-bundel.pdf"
+        pdf = OUTPUT / "bundel.pdf"
+        await pdf_download.save_as(pdf)
+        assert page.url.endswith("/schuldhulp/resultaat?lang=nl"), "a download, not a new page"
 
         # 5. An error at the gateway is a page too (Dutch first, English below), never a redirect.
         await page.goto(f"{world.url}/authorize?client_id=test-portaal")
@@ -134,6 +146,14 @@ async def test_citizen_journey_in_a_real_browser(world: PortalStack, output: Pat
     verdict = verify_download(saved.read_bytes(), await gateway_trust(world.session, world.url))
     assert verdict.document["bsn"] == CITIZEN
     assert {b["status"] for b in verdict.document["bronnen"]} == {"ok"}
+    certified = await asyncio.to_thread(
+        verify_file, pdf.read_bytes(), document_trust(world.stack.settings)
+    )
+    assert certified.ok, certified.problems
+    assert certified.format == "pdf"
+    assert certified.timestamp_time is not None
+    assert certified.bundel is not None
+    assert certified.bundel["bsn"] == CITIZEN
     assert csp_violations == []
     for name in ("1-portaal-knop", "2-digid-inloggen", "3-toestemming", "4-resultaat"):
         assert (OUTPUT / f"{name}.png").stat().st_size > 1000

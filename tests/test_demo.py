@@ -15,6 +15,9 @@ import orjson
 import pytest
 
 from connectors._sandbox import CITIZENS
+from gateway.config import settings_from_mapping
+from gateway.documents.service import document_trust
+from gateway.documents.verify import verify_file
 
 BLAUWEKNOP = str(Path(sys.executable).with_name("blauweknop"))
 
@@ -77,18 +80,38 @@ def test_demo_stack_serves_a_bundle_and_stops_cleanly(tmp_path: Path) -> None:
             page = response.read().decode()  # followed to the stand-in's login page
         assert response.url.startswith(f"{digid}/authorize?")
         assert "niet voor productie" in page
-        # The README's journey command against the running stack, as a newcomer runs it.
-        out = tmp_path / "bundel.json"
-        journey = subprocess.run(
-            [BLAUWEKNOP, "demo", "--citizen", "999990032", "--format", "json", "-o", out],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert journey.returncode == 0, journey.stdout + journey.stderr
-        assert f"127.0.0.1:{base + 5}" in journey.stdout
-        assert orjson.loads(out.read_bytes())["bundel"]["bsn"] == "999990032"
+        # The README's journey command against the running stack, as a newcomer runs it, in
+        # three formats at once (three citizens): the JSON, and the certified XML and PDF.
+        citizens = {"json": "999990032", "xml": "999990044", "pdf": "999990020"}
+        journeys = {
+            fmt: subprocess.Popen(
+                [BLAUWEKNOP, "demo", "--citizen", bsn, "--format", fmt, "-o", tmp_path / fmt],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for fmt, bsn in citizens.items()
+        }
+        printed: dict[str, str] = {}
+        for fmt, journey in journeys.items():
+            out, err = journey.communicate(timeout=120)
+            assert journey.returncode == 0, f"{fmt}: {out}{err}"
+            assert f"127.0.0.1:{base + 5}" in out
+            assert "signature verified" in out
+            printed[fmt] = out
+        assert "seal certificate" in printed["xml"]
+        assert "time-stamp" in printed["pdf"]
+        assert orjson.loads((tmp_path / "json").read_bytes())["bundel"]["bsn"] == "999990032"
+        # Independently of the journey's own check, as a debt-help worker would with the file.
+        trust = document_trust(settings_from_mapping({"state_dir": str(tmp_path / "state")}))
+        for fmt in ("xml", "pdf"):
+            verdict = verify_file((tmp_path / fmt).read_bytes(), trust)
+            assert verdict.ok, (fmt, verdict.problems)
+            assert verdict.format == fmt
+            assert verdict.bundel is not None
+            assert verdict.bundel["bsn"] == citizens[fmt]
+            assert {s.provenance for s in verdict.sources} <= {"verified", "absent"}
     finally:
         demo.send_signal(signal.SIGTERM)
         started = time.monotonic()

@@ -39,7 +39,7 @@ async def token_for(
     token = await client.redeem(
         world.session, code=back.params["code"], verifier=back.started.pkce.verifier, dpop_key=key
     )
-    return token, key
+    return token.access_token, key
 
 
 async def fetch(

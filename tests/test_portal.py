@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urljoin, urlsplit
 
 import aiohttp
 import jwt
@@ -33,22 +33,28 @@ from gateway.authz.proofs import authenticate_client
 from gateway.authz.registry import Registry
 from gateway.authz.server import negotiate
 from gateway.config import DEFAULT_POLICIES_DIR
+from gateway.demo.forms import parse_forms
 from gateway.demo.journey import (
     Browser,
     LoopbackCookieJar,
+    Page,
+    ResultPage,
+    download,
     fill_consent_form,
     fill_login_form,
+    find_download_form,
     gateway_trust,
+    reach_result_page,
     run_journey,
 )
 from gateway.demo.portal.keys import ensure_client_key, jwks_document, new_client_key
 from gateway.demo.portal.oauth import CLIENT_ASSERTION_TYPE, client_assertion
 from gateway.documents.service import document_trust
-from gateway.documents.verify import verify_file
+from gateway.documents.verify import DocumentTrust, Format, verify_file
 from gateway.errors import ConfigError, OAuthError
 from gateway.pki import DevPki
 from gateway.store.sqlite import SqliteStore
-from gateway.verify import verify_compact
+from gateway.verify import verify_compact, verify_download
 from tests.portalstack import PortalStack, authorize, start_portal_stack, stop_portal_stack
 
 BLAUWEKNOP = str(Path(sys.executable).with_name("blauweknop"))
@@ -63,6 +69,11 @@ async def world(state_dir: Path, pki: DevPki, tmp_path: Path) -> AsyncIterator[P
     await stop_portal_stack(made)
 
 
+def trust(world: PortalStack) -> DocumentTrust:
+    """The demo's trust roots and every organisation's certificate, as `blauweknop demo` has."""
+    return document_trust(world.stack.settings)
+
+
 def statuses(bundel: dict[str, Any]) -> dict[str, str]:
     return {b["organisatie"]["code"]: b["status"] for b in bundel["bronnen"]}
 
@@ -73,10 +84,11 @@ async def events(world: PortalStack) -> list[dict[str, Any]]:
 
 
 async def test_journey_through_the_demo_portal_json(world: PortalStack) -> None:
-    result = await run_journey(world.portal_url, bsn=EVERYWHERE, fmt="json")
+    result = await run_journey(world.portal_url, bsn=EVERYWHERE, trust=trust(world), fmt="json")
     assert result.media_type == "application/json"
-    assert result.verdict.document["bsn"] == EVERYWHERE
-    assert statuses(result.verdict.document) == ALL_OK
+    assert result.bundel["bsn"] == EVERYWHERE
+    assert statuses(result.bundel) == ALL_OK
+    assert {s.provenance for s in result.sources} == {"verified"}
     names = [s.name for s in result.steps]
     assert names[0] == "portal"
     assert names[-1] == "download"
@@ -85,22 +97,144 @@ async def test_journey_through_the_demo_portal_json(world: PortalStack) -> None:
 
 
 async def test_journey_through_the_demo_portal_jws(world: PortalStack) -> None:
-    result = await run_journey(world.portal_url, bsn="999990019", fmt="jws", lang="en")
+    result = await run_journey(
+        world.portal_url, bsn="999990019", trust=trust(world), fmt="jws", lang="en"
+    )
     assert result.media_type == "application/jose"
     # Independently of the journey's own check: the gateway's published keys verify the file.
-    trust = await gateway_trust(world.session, world.url)
-    verdict = verify_compact(result.body, trust)
+    keys = await gateway_trust(world.session, world.url)
+    verdict = verify_compact(result.body, keys)
     assert verdict.document["bsn"] == "999990019"
     assert statuses(verdict.document)["duo"] == "ok"
 
 
+def offered(html: str) -> list[str]:
+    """The labels of the result page's download buttons, in order."""
+    return [f.label for form in parse_forms(html) for f in form.fields if f.kind == "submit"]
+
+
+async def press(browser: Browser, page: ResultPage, fmt: Format) -> Page:
+    """Press a download button where no file comes: follow the portal to the page it shows."""
+    action = find_download_form(page.html, fmt).action
+    return await browser.open("download", "POST", urljoin(page.url, action))
+
+
+async def test_portal_offers_four_formats_and_fetches_them_on_demand(world: PortalStack) -> None:
+    async with aiohttp.ClientSession(cookie_jar=LoopbackCookieJar()) as browser_session:
+        browser = Browser(browser_session)
+        page = await reach_result_page(browser, world.portal_url, bsn=EVERYWHERE)
+        assert offered(page.html) == [
+            "Download als PDF (gewaarmerkt)",
+            "Download als XML (gewaarmerkt)",
+            "Download als JSON-bestand",
+            "Download als ondertekend JWS-bestand",
+        ]
+        assert "binnen 5 minuten na het ophalen" in page.html
+        before = await world.issued_bundles()
+        # The JSON is the overview's own download: the gateway releases nothing more for it.
+        as_json = await download(browser, page, "json")
+        assert await world.issued_bundles() == before
+        as_xml = await download(browser, page, "xml")
+        assert await world.issued_bundles() == before + 1
+        # A release takes the page's form (POST); a link any site can make takes nothing.
+        async with browser_session.get(f"{world.portal_url}/download/bundel.xml") as response:
+            assert response.status == 405
+        assert await world.issued_bundles() == before + 1
+        _, english = await browser.get("result", f"{page.url.split('?')[0]}?lang=en")
+    assert offered(english)[0] == "Download as PDF (certified)"
+    assert "within 5 minutes of collecting" in english
+    assert as_json.disposition == 'attachment; filename="blauwe-knop-bundel.json"'
+    assert as_xml.disposition == 'attachment; filename="blauwe-knop-bundel.xml"'
+    keys = await gateway_trust(world.session, world.url)
+    assert verify_download(as_json.body, keys).document["bsn"] == EVERYWHERE
+    verdict = await asyncio.to_thread(verify_file, as_xml.body, trust(world))
+    assert verdict.ok, verdict.problems
+    assert verdict.format == "xml"
+    assert verdict.bundel is not None
+    assert verdict.bundel["bsn"] == EVERYWHERE
+
+
+async def test_portal_says_start_again_when_the_gateway_revokes_the_token(
+    world: PortalStack,
+) -> None:
+    """The gateway refuses the portal's token (its code was replayed, which revokes it): the
+    portal forgets the token, says so in Dutch and English, and keeps only the JSON it has."""
+    async with aiohttp.ClientSession(cookie_jar=LoopbackCookieJar()) as browser_session:
+        browser = Browser(browser_session)
+        page = await reach_result_page(browser, world.portal_url, bsn=EVERYWHERE, lang="en")
+        callback = next(s.url for s in browser.steps if "/blauwe-knop/callback" in s.url)
+        code = parse_qs(urlsplit(callback).query)["code"][0]
+        with pytest.raises(OAuthError, match="invalid_grant"):
+            await world.test.redeem(
+                world.session,
+                code=code,
+                verifier=secrets.token_urlsafe(48),
+                dpop_key=ec.generate_private_key(ec.SECP256R1()),
+            )
+        before = await world.issued_bundles()
+        back = await press(browser, page, "pdf")
+        assert urlsplit(back.url).path == "/schuldhulp/resultaat"
+        assert "the access to your data has expired" in back.html
+        assert offered(back.html) == ["Download as JSON file"]
+        # Forgotten now: a second press (from a page still showing the button) does not even
+        # ask the gateway.
+        asked = await world.bundle_requests()
+        again = await press(browser, page, "jws")
+        assert "Press the Blue Button again" in again.html
+        assert await world.bundle_requests() == asked
+        kept = await download(browser, ResultPage(back.url, back.html, page.gateway_url), "json")
+        _, dutch = await browser.get("result", f"{world.portal_url}/schuldhulp/resultaat")
+    assert await world.issued_bundles() == before
+    assert orjson.loads(kept.body)["bundel"]["bsn"] == EVERYWHERE
+    assert "de toegang tot uw gegevens is verlopen" in dutch
+
+
+@pytest.fixture
+async def limited(tmp_path: Path, pki: DevPki) -> AsyncIterator[PortalStack]:
+    """Tokens live 5 s, and a citizen may have one bundle a minute: the overview's. A state
+    directory (and store, which counts the requests) of its own: other tests' do not count."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "pki").symlink_to(pki.directory)
+    made = await start_portal_stack(
+        state,
+        pki,
+        tmp_path / "policies",
+        authz={"access_token_seconds": 5},
+        federation={"rate_citizen_per_minute": 1},
+    )
+    yield made
+    await stop_portal_stack(made)
+
+
+async def test_portal_after_a_refusal_and_after_the_token_expired(limited: PortalStack) -> None:
+    async with aiohttp.ClientSession(cookie_jar=LoopbackCookieJar()) as browser_session:
+        browser = Browser(browser_session)
+        page = await reach_result_page(browser, limited.portal_url, bsn=EVERYWHERE)
+        # Refused for now (429: too many requests): said once, and the token is kept.
+        refused = await press(browser, page, "pdf")
+        assert "Dit bestand kon niet worden opgehaald" in refused.html
+        assert len(offered(refused.html)) == 4
+        _, reloaded = await browser.get("result", page.url)
+        assert "Dit bestand kon niet worden opgehaald" not in reloaded
+        await asyncio.sleep(5.5)
+        asked = await limited.bundle_requests()
+        expired = await press(browser, page, "pdf")
+    assert urlsplit(expired.url).path == "/schuldhulp/resultaat"
+    assert "Downloaden kan niet meer" in expired.html
+    assert offered(expired.html) == ["Download als JSON-bestand"]
+    # The portal knows when its token ends: an expired one is not sent.
+    assert await limited.bundle_requests() == asked
+
+
 async def test_every_download_and_the_consent_are_audited_without_bsn(world: PortalStack) -> None:
     before = {e["id"] for e in await events(world)}
-    await run_journey(world.portal_url, bsn=EVERYWHERE, fmt="json")
+    await run_journey(world.portal_url, bsn=EVERYWHERE, trust=trust(world), fmt="jws")
     new = [e for e in await events(world) if e["id"] not in before]
     kinds = [e["type"].removeprefix("nl.blauweknop.audit.").removesuffix(".v1") for e in new]
     assert kinds.count("toestemming.gegeven") == 1
-    # The demo portal downloads JSON and JWS: two releases, each with its consent link.
+    # The demo portal fetches the JSON for its overview, and the JWS when the citizen asks:
+    # two releases, each with its consent link.
     assert kinds.count("toestemming.gebruikt") == 2
     assert kinds.count("bundel.uitgegeven") == 2
     consent = next(e for e in new if e["type"].endswith("toestemming.gegeven.v1"))
@@ -124,7 +258,9 @@ async def test_citizen_leaves_organisations_out(world: PortalStack) -> None:
     token = await world.other.redeem(
         world.session, code=back.params["code"], verifier=back.started.pkce.verifier, dpop_key=key
     )
-    download = await world.other.download(world.session, access_token=token, dpop_key=key)
+    download = await world.other.download(
+        world.session, access_token=token.access_token, dpop_key=key
+    )
     bundel = orjson.loads(download.body)["bundel"]
     assert statuses(bundel) == {
         "duo": "niet_opgevraagd",
@@ -145,7 +281,7 @@ async def test_scopes_decide_which_organisations_are_asked(world: PortalStack) -
         world.session, code=back.params["code"], verifier=back.started.pkce.verifier, dpop_key=key
     )
     download = await world.other.download(
-        world.session, access_token=token, dpop_key=key, media_type="application/jose"
+        world.session, access_token=token.access_token, dpop_key=key, media_type="application/jose"
     )
     assert download.media_type == "application/jose"
     payload = orjson.loads(base64.urlsafe_b64decode(download.body.split(b".")[1] + b"==="))
@@ -165,7 +301,7 @@ async def test_certified_documents_for_the_portal(world: PortalStack, media_type
         world.session, code=back.params["code"], verifier=back.started.pkce.verifier, dpop_key=key
     )
     download = await world.other.download(
-        world.session, access_token=token, dpop_key=key, media_type=media_type
+        world.session, access_token=token.access_token, dpop_key=key, media_type=media_type
     )
     assert download.media_type == media_type
     verdict = await asyncio.to_thread(
@@ -301,15 +437,6 @@ def test_demo_command_starts_its_own_stack_and_writes_a_verified_file(tmp_path: 
     assert "signature verified" in done.stdout
     assert "999990044" not in done.stdout + done.stderr  # the BSN is never printed in clear
     assert out.read_bytes().count(b".") == 2
-    later = subprocess.run(
-        [BLAUWEKNOP, "demo", "--citizen", "999990044", "--format", "pdf", "-o", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={**os.environ, **env_state},
-    )
-    assert later.returncode == 2
-    assert "certified-documents" in later.stderr
     nobody = subprocess.run(
         [BLAUWEKNOP, "demo", "--citizen", "999990044", "--portal", "http://127.0.0.1:9", "-o", out],
         capture_output=True,
@@ -320,6 +447,17 @@ def test_demo_command_starts_its_own_stack_and_writes_a_verified_file(tmp_path: 
     assert nobody.returncode == 1
     assert "Is the demo stack running" in nobody.stderr
     assert "Traceback" not in nobody.stderr
+    # Where no stack ever ran there are no keys to check a file against: said before trying.
+    fresh = subprocess.run(
+        [BLAUWEKNOP, "demo", "--citizen", "999990044", "-o", out],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "BLAUWEKNOP_STATE_DIR": str(tmp_path / "nothing")},
+    )
+    assert fresh.returncode == 1
+    assert "no demo stack has run" in fresh.stderr
+    assert "Traceback" not in fresh.stderr
 
 
 async def test_two_replicas_share_every_step_through_the_store(world: PortalStack) -> None:
@@ -352,7 +490,9 @@ async def test_two_replicas_share_every_step_through_the_store(world: PortalStac
         token = await first_client.redeem(
             world.session, code=code, verifier=started.pkce.verifier, dpop_key=key
         )
-        download = await second_client.download(world.session, access_token=token, dpop_key=key)
+        download = await second_client.download(
+            world.session, access_token=token.access_token, dpop_key=key
+        )
         assert orjson.loads(download.body)["bundel"]["bsn"] == EVERYWHERE
         # Replaying the code at the second replica is caught, and revokes the token everywhere.
         with pytest.raises(OAuthError, match="invalid_grant"):
@@ -360,7 +500,9 @@ async def test_two_replicas_share_every_step_through_the_store(world: PortalStac
                 world.session, code=code, verifier=started.pkce.verifier, dpop_key=key
             )
         with pytest.raises(OAuthError, match="invalid_token"):
-            await first_client.download(world.session, access_token=token, dpop_key=key)
+            await first_client.download(
+                world.session, access_token=token.access_token, dpop_key=key
+            )
     finally:
         await replica.cleanup()
 

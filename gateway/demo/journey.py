@@ -3,30 +3,33 @@
 Demo portal → the button's start URL (the portal's back-end pushes its authorization request)
 → the gateway's authorization endpoint → login at the stand-in DigiD (its form, filled as a
 tester would) → the consent page (all organisations kept) → back at the portal, whose back-end
-redeems the code with DPoP and downloads the bundle → the download, verified against the
-gateway's published keys. `blauweknop demo` runs it; so do the tests.
+redeems the code with DPoP and shows the overview → the download button for the format (the
+portal fetches it from the gateway) → the file, verified: JSON and JWS against the gateway's
+published keys, XML and PDF as a debt-help worker would, against the trust roots (and for the
+PDF its time-stamp and embedded validation material). `blauweknop demo` runs it; so do the
+tests.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from http.cookies import BaseCookie
-from typing import Literal
+from typing import Any, get_args
 from urllib.parse import urlencode, urljoin, urlsplit
 
 import aiohttp
 import orjson
 from yarl import URL
 
-from gateway.connector import Connector
 from gateway.demo.forms import Field, Form, find_elements, parse_forms
+from gateway.documents.service import EXTENSIONS
+from gateway.documents.verify import DocumentTrust, Format, Verdict, verify_file
 from gateway.errors import BlauweKnopError
-from gateway.verify import BundleVerdict, Trust, verify_compact, verify_download
+from gateway.verify import SourceVerdict, Trust, verify_compact, verify_download
 
-Format = Literal["json", "jws"]
-FORMATS: tuple[str, ...] = ("json", "jws")
-LATER_FORMATS: tuple[str, ...] = ("xml", "pdf")
+FORMATS: tuple[Format, ...] = get_args(Format)
 MAX_PAGE_BYTES = 2 * 1024 * 1024
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
 
@@ -46,9 +49,12 @@ class Step:
 class JourneyResult:
     body: bytes
     media_type: str
-    verdict: BundleVerdict
+    bundel: dict[str, Any]  # the bundle as the seal covers it
+    kid: str  # the gateway's seal key (RFC 7638 thumbprint)
+    sources: tuple[SourceVerdict, ...]  # each organisation's own signature
     steps: tuple[Step, ...]
     gateway_url: str
+    certified: Verdict | None = None  # XML and PDF: the offline verifier's whole verdict
 
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -215,18 +221,20 @@ async def run_journey(
     portal_url: str,
     *,
     bsn: str,
+    trust: DocumentTrust,
     fmt: Format = "json",
     level: str = "substantieel",
-    connectors: Mapping[str, Connector] | None = None,
     lang: str = "nl",
 ) -> JourneyResult:
-    """Walk the journey for test citizen `bsn` and return the verified download."""
+    """Walk the journey for test citizen `bsn` and return the verified download.
+
+    `trust` holds the roots for the XML and PDF seals and the connectors that re-check each
+    organisation's own signature; JSON and JWS are checked against the keys the gateway publishes.
+    """
     if fmt not in FORMATS:
-        raise JourneyError(
-            f"format {fmt!r}: XML and PDF come with the certified-documents issue; use json or jws"
-        )
+        raise JourneyError(f"format {fmt!r}: choose one of {', '.join(FORMATS)}")
     try:
-        return await _journey(portal_url, bsn, fmt, level, connectors, lang)
+        return await _journey(portal_url, bsn, fmt, level, trust, lang)
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise JourneyError(
             f"cannot complete the journey at {portal_url}: {exc!r}. Is the demo stack running "
@@ -234,51 +242,138 @@ async def run_journey(
         ) from exc
 
 
+@dataclass(frozen=True, slots=True)
+class ResultPage:
+    """The portal's page after consent, with the overview and the download buttons."""
+
+    url: str
+    html: str
+    gateway_url: str  # where the portal loads the button from
+
+
+async def reach_result_page(
+    browser: Browser, portal_url: str, *, bsn: str, level: str = "substantieel", lang: str = "nl"
+) -> ResultPage:
+    """Portal, button, DigiD, consent: the steps up to the portal's result page."""
+    intake_url, intake = await browser.get("portal", f"{portal_url}/schuldhulp?lang={lang}")
+    buttons = find_elements(intake, "blauwe-knop")
+    scripts = [
+        s["src"] for s in find_elements(intake, "script") if "blauwe-knop" in s.get("src", "")
+    ]
+    if not buttons or not scripts:
+        raise JourneyError("step 'portal': the intake page has no <blauwe-knop> button")
+    button = buttons[0]
+    gateway_url = f"{urlsplit(scripts[0]).scheme}://{urlsplit(scripts[0]).netloc}"
+    start = urljoin(intake_url, button["start-url"])
+    query = urlencode(
+        {"purpose": button["purpose"], "client_id": button["client-id"], "lang": lang}
+    )
+    login_url, login_page = await browser.get("button", f"{start}?{query}")
+    form, pairs = fill_login_form(login_page, bsn, level)
+    consent_url, consent_page = await browser.submit("login", login_url, form, pairs)
+    form, pairs = fill_consent_form(consent_page)
+    result_url, result_page = await browser.submit("consent", consent_url, form, pairs)
+    if "/resultaat" not in urlsplit(result_url).path:
+        raise JourneyError(f"step 'consent': expected the portal's result page, got {result_url}")
+    return ResultPage(result_url, result_page, gateway_url)
+
+
+def find_download_form(html: str, fmt: Format) -> Form:
+    """The result page's form whose button names the format, as a citizen picks it."""
+    for form in parse_forms(html):
+        for button in form.fields:
+            if button.kind == "submit" and fmt.upper() in button.label.upper():
+                return form
+    raise JourneyError(f"step 'download': the portal's result page offers no {fmt.upper()} file")
+
+
+@dataclass(frozen=True, slots=True)
+class File:
+    body: bytes
+    media_type: str
+    disposition: str  # the Content-Disposition header
+
+
+async def download(browser: Browser, page: ResultPage, fmt: Format) -> File:
+    """Press the result page's button for `fmt`; the file, or a JourneyError saying why not."""
+    form = find_download_form(page.html, fmt)
+    target = urljoin(page.url, form.action or page.url)
+    async with browser.session.request(
+        form.method.upper(),
+        target,
+        data=urlencode(form.values({}, None)),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        allow_redirects=False,
+    ) as response:
+        body = await read_limited(response, MAX_DOWNLOAD_BYTES)
+        browser.steps.append(Step("download", target, response.status))
+        if response.status != 200:
+            where = response.headers.get("Location", "")
+            raise JourneyError(
+                f"step 'download': the portal answered {response.status} {where}".strip()
+            )
+        if len(body) > MAX_DOWNLOAD_BYTES:
+            raise JourneyError(f"step 'download': larger than {MAX_DOWNLOAD_BYTES} bytes")
+        if response.content_type != EXTENSIONS[fmt]:
+            raise JourneyError(
+                f"step 'download': expected {EXTENSIONS[fmt]}, got {response.content_type}"
+            )
+        return File(body, response.content_type, response.headers.get("Content-Disposition", ""))
+
+
 async def _journey(
     portal_url: str,
     bsn: str,
     fmt: Format,
     level: str,
-    connectors: Mapping[str, Connector] | None,
+    trust: DocumentTrust,
     lang: str,
 ) -> JourneyResult:
-    timeout = aiohttp.ClientTimeout(total=60)
+    # A PDF is made and sealed (with a time-stamp) while the journey waits for it.
+    timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(timeout=timeout, cookie_jar=LoopbackCookieJar()) as session:
         browser = Browser(session)
-        intake_url, intake = await browser.get("portal", f"{portal_url}/schuldhulp?lang={lang}")
-        buttons = find_elements(intake, "blauwe-knop")
-        scripts = [
-            s["src"] for s in find_elements(intake, "script") if "blauwe-knop" in s.get("src", "")
-        ]
-        if not buttons or not scripts:
-            raise JourneyError("step 'portal': the intake page has no <blauwe-knop> button")
-        button = buttons[0]
-        gateway_url = f"{urlsplit(scripts[0]).scheme}://{urlsplit(scripts[0]).netloc}"
-        start = urljoin(intake_url, button["start-url"])
-        query = urlencode(
-            {"purpose": button["purpose"], "client_id": button["client-id"], "lang": lang}
+        page = await reach_result_page(browser, portal_url, bsn=bsn, level=level, lang=lang)
+        file = await download(browser, page, fmt)
+        published = (
+            await gateway_trust(session, page.gateway_url) if fmt in ("json", "jws") else None
         )
-        login_url, login_page = await browser.get("button", f"{start}?{query}")
-        form, pairs = fill_login_form(login_page, bsn, level)
-        consent_url, consent_page = await browser.submit("login", login_url, form, pairs)
-        form, pairs = fill_consent_form(consent_page)
-        result_url, _ = await browser.submit("consent", consent_url, form, pairs)
-        if "/resultaat" not in urlsplit(result_url).path:
-            raise JourneyError(
-                f"step 'consent': expected the portal's result page, got {result_url}"
-            )
-        async with session.get(f"{portal_url}/download/bundel.{fmt}") as response:
-            body = await read_limited(response, MAX_DOWNLOAD_BYTES)
-            browser.steps.append(Step("download", str(response.url), response.status))
-            if response.status != 200:
-                raise JourneyError(f"step 'download': the portal answered {response.status}")
-            if len(body) > MAX_DOWNLOAD_BYTES:
-                raise JourneyError(f"step 'download': larger than {MAX_DOWNLOAD_BYTES} bytes")
-            media_type = response.content_type
-        seal = await gateway_trust(session, gateway_url)
-        # Besides the gateway's seal, each organisation's own signature when its connector is given.
-        trust = Trust(seal.seal_keys, connectors or {})
-    verdict = verify_download(body, trust) if fmt == "json" else verify_compact(body, trust)
-    if verdict.document["bsn"] != bsn:
+    steps = tuple(browser.steps)
+    # Verifying is CPU work (for the PDF it runs an event loop of its own): off this loop.
+    if published is not None:
+        check = verify_download if fmt == "json" else verify_compact
+        verdict = await asyncio.to_thread(
+            check, file.body, Trust(published.seal_keys, trust.connectors)
+        )
+        result = JourneyResult(
+            file.body,
+            file.media_type,
+            verdict.document,
+            verdict.kid,
+            verdict.sources,
+            steps,
+            page.gateway_url,
+        )
+    else:
+        certified = await asyncio.to_thread(verify_file, file.body, trust, name=f"bundel.{fmt}")
+        if (
+            not certified.ok
+            or certified.format != fmt
+            or certified.bundel is None
+            or certified.signer_kid is None
+        ):
+            problems = "; ".join(certified.problems) or f"it is not a sealed {fmt.upper()}"
+            raise JourneyError(f"the downloaded {fmt.upper()} does not verify: {problems}")
+        result = JourneyResult(
+            file.body,
+            file.media_type,
+            certified.bundel,
+            certified.signer_kid,
+            certified.sources,
+            steps,
+            page.gateway_url,
+            certified,
+        )
+    if result.bundel["bsn"] != bsn:
         raise JourneyError("the downloaded bundle is about another citizen")
-    return JourneyResult(body, media_type, verdict, tuple(browser.steps), gateway_url)
+    return result

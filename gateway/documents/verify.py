@@ -72,6 +72,9 @@ class Verdict:
     sources: tuple[SourceVerdict, ...] = ()
     attachments: tuple[Verdict, ...] = ()
     problems: tuple[str, ...] = ()
+    # The bundle as the seal covers it, for callers that act on its content (the scripted
+    # journey checks whose it is). Never reported: `as_json` is what the verify page shows.
+    bundel: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -186,6 +189,7 @@ def _verdict(
         uitgegeven_op=bundle.document["uitgegeven_op"],
         sources=bundle.sources,
         problems=problems,
+        bundel=bundle.document,
         **extra,
     )
 
@@ -279,6 +283,7 @@ def _verify_pdf(data: bytes, trust: DocumentTrust, at: dt.datetime | None) -> Ve
         sources=first.sources if first else (),
         attachments=tuple(attachments),
         problems=tuple(problems),
+        bundel=first.bundel if first else None,
     )
 
 

@@ -3,19 +3,20 @@
 NOT FOR PRODUCTION: a small stand-in for a portal's back-end, to show and test the journey.
 It has its own port and its own client key (registered in
 `policies/portals/demo-mijngemeente.toml`). Its back-end makes the pushed authorization request
-with `private_key_jwt`, receives the code, redeems it with DPoP, downloads the bundle and offers
-the downloads. A real portal keeps its sessions in its own shared store; this demo keeps them in
-memory, bounded in number and age.
+with `private_key_jwt`, receives the code, redeems it with DPoP, downloads the bundle as JSON
+for the overview, and offers it in all four formats: JSON from memory, the JWS, XML and PDF
+fetched from the gateway when the citizen asks, with the same token, within its life. A real
+portal keeps its sessions in its own shared store; this demo keeps them (and the tokens and
+DPoP keys in them) in memory, bounded in number and age.
 """
 
 from __future__ import annotations
 
-import asyncio
+import math
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from html import escape
 from importlib import resources
 from typing import Any, Literal
@@ -28,7 +29,8 @@ from aiohttp.typedefs import Handler
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.demo.portal.keys import ClientKey
-from gateway.demo.portal.oauth import PortalClient
+from gateway.demo.portal.oauth import PortalClient, Token
+from gateway.documents.service import EXTENSIONS
 from gateway.errors import OAuthError
 
 CLIENT_ID = "demo-mijngemeente"
@@ -67,7 +69,8 @@ class PortalSession:
     verifier: str | None = None
     purpose: str | None = None
     dpop_key: ec.EllipticCurvePrivateKey | None = None
-    downloads: Mapping[str, bytes] = field(default_factory=dict)
+    token: Token | None = None  # bound to dpop_key; fetches the other formats until it expires
+    overview: bytes | None = None  # the JSON download: the result page and the JSON file
     message: str | None = None
 
 
@@ -114,8 +117,15 @@ _TEXT: dict[str, dict[Lang, str]] = {
     "org": {"nl": "Organisatie", "en": "Organisation"},
     "status": {"nl": "Resultaat", "en": "Result"},
     "items": {"nl": "Gegevens", "en": "Items"},
-    "download_json": {"nl": "Download als JSON-bestand", "en": "Download as JSON file"},
-    "download_jws": {"nl": "Download als ondertekend JWS-bestand", "en": "Download as signed JWS"},
+    "downloads": {"nl": "Bestanden", "en": "Files"},
+    "downloads_time": {
+        "nl": "Om uw gegevens te beschermen kunt u de bestanden alleen downloaden binnen "
+        "{minutes} na het ophalen. Daarna drukt u opnieuw op de Blauwe Knop.",
+        "en": "To protect your data, you can download the files only within {minutes} of "
+        "collecting them. After that, press the Blue Button again.",
+    },
+    "minute": {"nl": "1 minuut", "en": "1 minute"},
+    "minutes": {"nl": "{n} minuten", "en": "{n} minutes"},
     "nothing": {
         "nl": "Er zijn (nog) geen gegevens opgehaald. Begin bij de aanmeldpagina.",
         "en": "No data has been collected (yet). Start at the application page.",
@@ -128,11 +138,31 @@ _TEXT: dict[str, dict[Lang, str]] = {
         "nl": "Het ophalen is niet gelukt. Probeer het later opnieuw.",
         "en": "Collecting the data failed. Please try again later.",
     },
+    "expired": {
+        "nl": "Downloaden kan niet meer: de toegang tot uw gegevens is verlopen. Druk opnieuw op "
+        "de Blauwe Knop om uw gegevens op te halen.",
+        "en": "Downloading is no longer possible: the access to your data has expired. Press the "
+        "Blue Button again to collect your data.",
+    },
+    "download_failed": {
+        "nl": "Dit bestand kon niet worden opgehaald. Probeer het zo opnieuw, of kies een ander "
+        "bestand.",
+        "en": "This file could not be collected. Try again shortly, or choose another file.",
+    },
     "back": {"nl": "Terug naar de aanmeldpagina", "en": "Back to the application page"},
     "switch": {"nl": "English", "en": "Nederlands"},
     "skip": {"nl": "Naar de inhoud", "en": "Skip to content"},
 }
 
+
+# What the citizen can download, in the order offered: the PDF is what people read, the
+# others are what systems read. The media types are the gateway's (`/v1/bundel`).
+_DOWNLOADS: dict[str, dict[Lang, str]] = {
+    "pdf": {"nl": "Download als PDF (gewaarmerkt)", "en": "Download as PDF (certified)"},
+    "xml": {"nl": "Download als XML (gewaarmerkt)", "en": "Download as XML (certified)"},
+    "json": {"nl": "Download als JSON-bestand", "en": "Download as JSON file"},
+    "jws": {"nl": "Download als ondertekend JWS-bestand", "en": "Download as signed JWS"},
+}
 
 _STATUS: dict[str, dict[Lang, str]] = {
     "ok": {"nl": "Gegevens ontvangen", "en": "Data received"},
@@ -162,7 +192,9 @@ def create_portal_app(config: PortalConfig) -> web.Application:
     app.router.add_get("/blauwe-knop/start", _start)
     app.router.add_get("/blauwe-knop/callback", _callback)
     app.router.add_get("/schuldhulp/resultaat", _result)
-    app.router.add_get("/download/{name}", _download)
+    # POST: each download but the JSON is a release at the gateway, audited there; a link that
+    # any page could make the browser follow (SameSite=Lax cookies go along) must not cause one.
+    app.router.add_post("/download/bundel.{fmt:" + "|".join(_DOWNLOADS) + "}", _download)
     app.router.add_get("/static/portaal.css", _css)
     return app
 
@@ -256,17 +288,23 @@ async def _home(request: web.Request) -> web.Response:
 async def _intake(request: web.Request) -> web.Response:
     lang = _lang(request)
     config = request.app[CONFIG]
-    found = _session(request)
-    message = ""
-    if found is not None and found[1].message is not None:
-        message = f'<p class="melding" role="alert">{_t(found[1].message, lang)}</p>'
     body = f"""<h1>{_t("intake_title", lang)}</h1>
-{message}
+{_flash(request, lang)}
 <p>{_t("intake_intro", lang)}</p>
 <p>{_t("intake_steps", lang)}</p>
 <blauwe-knop client-id="{escape(config.client_id)}" purpose="schuldhulp-intake"
  start-url="/blauwe-knop/start" lang="{lang}"></blauwe-knop>"""
     return _page(request, lang, _t("intake_title", lang), body)
+
+
+def _flash(request: web.Request, lang: Lang) -> str:
+    """The session's message, shown once: a reload must not repeat an old failure."""
+    found = _session(request)
+    message = found[1].message if found is not None else None
+    if found is None or message is None:
+        return ""
+    _save(request, found[0], replace(found[1], message=None))
+    return f'<p class="melding" role="alert">{_t(message, lang)}</p>'
 
 
 async def _start(request: web.Request) -> web.StreamResponse:
@@ -334,35 +372,26 @@ async def _callback(request: web.Request) -> web.StreamResponse:
             verifier=current.verifier,
             dpop_key=current.dpop_key,
         )
-        as_json, as_jws = await asyncio.gather(
-            client.download(session, access_token=token, dpop_key=current.dpop_key),
-            client.download(
-                session,
-                access_token=token,
-                dpop_key=current.dpop_key,
-                media_type="application/jose",
-            ),
+        as_json = await client.download(
+            session, access_token=token.access_token, dpop_key=current.dpop_key
         )
     except OAuthError:
         _save(request, sid, replace(done, message="failed"))
         raise web.HTTPSeeOther(f"/schuldhulp?lang={lang}") from None
-    _save(
-        request,
-        sid,
-        replace(done, message=None, downloads={"json": as_json.body, "jws": as_jws.body}),
-    )
+    _save(request, sid, replace(done, message=None, token=token, overview=as_json.body))
     raise web.HTTPSeeOther(f"/schuldhulp/resultaat?lang={lang}")
 
 
 async def _result(request: web.Request) -> web.Response:
     lang = _lang(request)
     found = _session(request)
-    if found is None or "json" not in found[1].downloads:
+    overview = found[1].overview if found is not None else None
+    if found is None or overview is None:
         body = f"""<h1>{_t("result_title", lang)}</h1>
 <p role="alert">{_t("nothing", lang)}</p>
 <p><a href="/schuldhulp?lang={lang}">{_t("back", lang)}</a></p>"""
         return _page(request, lang, _t("result_title", lang), body)
-    bundel = orjson.loads(found[1].downloads["json"])["bundel"]
+    bundel = orjson.loads(overview)["bundel"]
     rows = []
     for bron in bundel["bronnen"]:
         data = bron["gegevens"]
@@ -373,6 +402,22 @@ async def _result(request: web.Request) -> web.Response:
             f"<td>{escape(_STATUS.get(bron['status'], {}).get(lang, bron['status']))}</td>"
             f"<td>{count}</td></tr>"
         )
+    token = found[1].token
+    if token is not None and not token.expired():
+        n = math.ceil(token.expires_in / 60)
+        minutes = _t("minute", lang) if n == 1 else _t("minutes", lang).format(n=n)
+        note = f"<p>{_t('downloads_time', lang).format(minutes=minutes)}</p>"
+        offered = list(_DOWNLOADS)
+    else:
+        # The JSON is here already; every other format needs the gateway, and a new token.
+        note = f"""<p class="melding" role="alert">{_t("expired", lang)}</p>
+<p><a href="/schuldhulp?lang={lang}">{_t("back", lang)}</a></p>"""
+        offered = ["json"]
+    buttons = "\n".join(
+        f'<li><form method="post" action="/download/bundel.{fmt}?lang={lang}">'
+        f'<button type="submit">{_DOWNLOADS[fmt][lang]}</button></form></li>'
+        for fmt in offered
+    )
     body = f"""<h1>{_t("result_title", lang)}</h1>
 <p>{_t("result_intro", lang)}</p>
 <table>
@@ -382,25 +427,54 @@ async def _result(request: web.Request) -> web.Response:
 {"".join(rows)}
 </tbody>
 </table>
-<ul class="downloads">
-<li><a href="/download/bundel.json" download>{_t("download_json", lang)}</a></li>
-<li><a href="/download/bundel.jws" download>{_t("download_jws", lang)}</a></li>
+<h2 id="bestanden">{_t("downloads", lang)}</h2>
+{_flash(request, lang)}
+{note}
+<ul class="downloads" aria-labelledby="bestanden">
+{buttons}
 </ul>"""
     return _page(request, lang, _t("result_title", lang), body)
 
 
 async def _download(request: web.Request) -> web.Response:
-    name = request.match_info["name"]
-    kinds = {"bundel.json": ("json", "application/json"), "bundel.jws": ("jws", "application/jose")}
+    """One format of the citizen's bundle as a file: the JSON from memory, the others fetched
+    from the gateway now; on failure, back to the result page, which says what happened."""
+    fmt = request.match_info["fmt"]
     found = _session(request)
-    if name not in kinds or found is None or kinds[name][0] not in found[1].downloads:
+    body = found[1].overview if found is not None else None
+    if found is None or body is None:
         raise web.HTTPNotFound(
             text="Er is niets te downloaden: begin bij de aanmeldpagina. / "
             "Nothing to download: start at the application page."
         )
-    kind, media = kinds[name]
-    response = web.Response(body=found[1].downloads[kind], content_type=media)
-    response.headers["Content-Disposition"] = f'attachment; filename="blauwe-knop-{name}"'
+    sid, current = found
+    if fmt != "json":
+        config = request.app[CONFIG]
+        client = PortalClient(config.gateway_url, config.client_id, config.key, config.redirect_uri)
+        token, key = current.token, current.dpop_key
+        try:
+            if token is None or key is None or token.expired():
+                # Known to be dead, so not sent: the same outcome as the gateway's refusal.
+                raise OAuthError("invalid_token", "the access token has expired")
+            download = await client.download(
+                request.app[HTTP],
+                access_token=token.access_token,
+                dpop_key=key,
+                media_type=EXTENSIONS[fmt],
+            )
+        except (OAuthError, aiohttp.ClientError, TimeoutError) as error:
+            if isinstance(error, OAuthError) and error.error == "invalid_token":
+                # Expired or revoked: forget token and key; the result page then says that
+                # access has ended and how to start again.
+                _save(request, sid, replace(current, token=None, dpop_key=None))
+            else:
+                # Anything else may pass (busy, unreachable, a document not made): say so, and
+                # keep the token for another try.
+                _save(request, sid, replace(current, message="download_failed"))
+            raise web.HTTPSeeOther(f"/schuldhulp/resultaat?lang={_lang(request)}") from None
+        body = download.body
+    response = web.Response(body=body, content_type=EXTENSIONS[fmt])
+    response.headers["Content-Disposition"] = f'attachment; filename="blauwe-knop-bundel.{fmt}"'
     return response
 
 

@@ -123,6 +123,23 @@ class Started:
 
 
 @dataclass(frozen=True, slots=True)
+class Token:
+    """A DPoP-bound access token, and when it expires by this client's clock.
+
+    `expires_at` is counted from when the token request was sent, before the gateway started
+    the token's life, so a client that honours it does not send a token the gateway has already
+    let expire.
+    """
+
+    access_token: str
+    expires_in: int
+    expires_at: float
+
+    def expired(self) -> bool:
+        return time.time() >= self.expires_at
+
+
+@dataclass(frozen=True, slots=True)
 class Download:
     media_type: str
     body: bytes
@@ -197,7 +214,7 @@ class PortalClient:
         code: str,
         verifier: str,
         dpop_key: ec.EllipticCurvePrivateKey,
-    ) -> str:
+    ) -> Token:
         """Exchange the code for a DPoP-bound access token (bound to `dpop_key`)."""
         meta = await self.metadata(session)
         form = {
@@ -209,11 +226,13 @@ class PortalClient:
             "client_assertion": client_assertion(self.key, self.client_id, meta.issuer),
         }
         headers = {"DPoP": dpop_proof(dpop_key, "POST", meta.token)}
+        sent = time.time()
         async with session.post(meta.token, data=form, headers=headers) as response:
             token = await _json(response)
         if token.get("token_type") != "DPoP":
             raise OAuthError("server_error", "expected a DPoP-bound access token")
-        return str(token["access_token"])
+        expires_in = int(token["expires_in"])
+        return Token(str(token["access_token"]), expires_in, sent + expires_in)
 
     async def download(
         self,
