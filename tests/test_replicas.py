@@ -25,7 +25,7 @@ from gateway.config import sandbox_organisation_table, settings_from_mapping
 from gateway.demo.digid import start_digid
 from gateway.demo.journey import Browser, LoopbackCookieJar, fill_consent_form, fill_login_form
 from gateway.demo.portal.keys import new_client_key
-from gateway.demo.portal.oauth import PortalClient, Started
+from gateway.demo.portal.oauth import PortalClient, Started, Token
 from gateway.errors import OAuthError
 from gateway.pki import DevPki
 from gateway.serve import start_sandboxes
@@ -137,9 +137,10 @@ async def consent_at(client: PortalClient, session: aiohttp.ClientSession) -> tu
 async def test_code_from_one_process_is_redeemed_once_at_the_other(cluster: Cluster) -> None:
     code, started = await consent_at(cluster.client_a, cluster.session)
     key = ec.generate_private_key(ec.SECP256R1())
-    token = await cluster.client_b.redeem(
+    redeemed = await cluster.client_b.redeem(
         cluster.session, code=code, verifier=started.pkce.verifier, dpop_key=key
     )
+    token = redeemed.access_token
     download = await cluster.client_b.download(cluster.session, access_token=token, dpop_key=key)
     assert orjson.loads(download.body)["bundel"]["bsn"] == EVERYWHERE
     for client in (cluster.client_b, cluster.client_a):
@@ -163,7 +164,7 @@ async def test_one_code_redeemed_at_both_at_once_is_honoured_once(cluster: Clust
         ),
         return_exceptions=True,
     )
-    tokens = [o for o in outcomes if isinstance(o, str)]
+    tokens = [o for o in outcomes if isinstance(o, Token)]
     refusals = [o for o in outcomes if isinstance(o, OAuthError)]
     assert len(tokens) == 1, outcomes
     assert len(refusals) == 1
