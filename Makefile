@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN = $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench fuzz clean
 
 demo: $(VENV)/.installed
 	$(BIN)/blauweknop up
@@ -25,6 +25,10 @@ bench: $(VENV)/.installed
 	$(BIN)/python -m bench.documents
 	$(BIN)/python -m bench.audit
 	$(BIN)/python -m bench.audit_verify
+
+# A long schemathesis run against the gateway's own OpenAPI description (docs/hostile-input.md).
+fuzz: $(VENV)/.installed
+	$(BIN)/python -m bench.fuzz_api --examples 1000
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
