@@ -137,13 +137,20 @@ def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
 
 
 def access_token_hash(token: str) -> str:
-    """The `ath` claim: base64url of the SHA-256 of the access token."""
-    return b64url(hashlib.sha256(token.encode("ascii")).digest())
+    """The `ath` claim: base64url of the SHA-256 of the access token.
+
+    RFC 9449 hashes the token's ASCII bytes. UTF-8 is the same for every token we issue, and for
+    a hostile non-ASCII one it gives a hash that matches nothing instead of an exception.
+    """
+    return b64url(hashlib.sha256(token.encode()).digest())
 
 
 def normalise_htu(url: str) -> str:
     """Scheme and host lower-case, no query or fragment (RFC 9449 §4.3)."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. "https://[host/": an unclosed IPv6 literal
+        raise OAuthError("invalid_dpop_proof", "the DPoP proof's htu is not a URL") from exc
     return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), parts.path or "/", "", ""))
 
 
