@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import aiohttp
@@ -148,6 +149,41 @@ async def test_broken_bodies_are_refused_in_the_documented_shape(
         assert response.status == 400
         assert response.content_type == "application/json"
         assert orjson.loads(await response.read())["error"] == "invalid_request"
+
+
+async def _raw(url: str, request: bytes) -> bytes:
+    """One request as bytes on a socket: aiohttp's client would refuse to send these."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(request)
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("request_line", "header"),
+    [
+        (b"GET /login/sessie", b"Cookie: bk-sessie=a\x80b"),
+        (b"POST /login/uitloggen", b"Cookie: bk-sessie=a\x80b"),
+        (b"GET /login?return_to=/", b"Cookie: bk-login=" + b"\x80" * 40),
+        (b"GET /v1/bundel", b"Authorization: DPoP \x80\r\nDPoP: \x80"),
+    ],
+)
+async def test_header_bytes_that_are_not_utf8_are_no_internal_error(
+    tmp_path: Path, request_line: bytes, header: bytes
+) -> None:
+    """Each of these was a 500: the surrogates aiohttp makes of such bytes broke our digests."""
+    async with gateway_under_test(tmp_path / "state") as url:  # with DigiD: /login gets far
+        answer = await _raw(
+            url,
+            request_line + b" HTTP/1.1\r\nHost: gateway\r\n" + header + b"\r\n"
+            b"Content-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+    status = int(answer.split(b" ", 2)[1])
+    assert status < 500, answer
 
 
 @pytest.mark.slow

@@ -38,6 +38,8 @@ class DpopProof:
 def _header(token: str, error: str) -> dict[str, Any]:
     if len(token) > MAX_JWT_BYTES:
         raise OAuthError(error, "the JWT is too large")
+    if not token.isascii():  # from a header, bytes that are not UTF-8 arrive as surrogates
+        raise OAuthError(error, "a JWT is ASCII (base64url parts separated by dots)")
     try:
         header = jwt.get_unverified_header(token)
     except jwt.PyJWTError as exc:
@@ -137,12 +139,8 @@ def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
 
 
 def access_token_hash(token: str) -> str:
-    """The `ath` claim: base64url of the SHA-256 of the access token.
-
-    RFC 9449 hashes the token's ASCII bytes. UTF-8 is the same for every token we issue, and for
-    a hostile non-ASCII one it gives a hash that matches nothing instead of an exception.
-    """
-    return b64url(hashlib.sha256(token.encode()).digest())
+    """The `ath` claim: base64url of the SHA-256 of the (ASCII) access token."""
+    return b64url(hashlib.sha256(token.encode("ascii")).digest())
 
 
 def normalise_htu(url: str) -> str:
@@ -198,7 +196,8 @@ async def verify_dpop(
     if access_token is not None:
         if "ath" not in claims:
             raise OAuthError("invalid_dpop_proof", "the DPoP proof needs ath for the access token")
-        if claims["ath"] != access_token_hash(access_token):
+        # A token that is not ASCII was never issued, so no proof's ath can be for it.
+        if not access_token.isascii() or claims["ath"] != access_token_hash(access_token):
             raise OAuthError("invalid_dpop_proof", "the DPoP proof's ath is for another token")
     jti = claims["jti"]
     if not isinstance(jti, str) or not 8 <= len(jti) <= 256:

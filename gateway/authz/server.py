@@ -764,6 +764,8 @@ async def _authorise_bundle(request: web.Request) -> tuple[AccessToken, str]:
             "invalid_token", "send the access token as Authorization: DPoP <token>, with a proof"
         )
     token = token.strip()
+    if not token.isascii():
+        raise OAuthError("invalid_token", "the access token is unknown or expired")
     store = _store(request)
     proof = await verify_dpop(
         request.headers.get("DPoP"),

@@ -119,7 +119,10 @@ def _clear_cookie(response: web.StreamResponse, request: web.Request, base: str)
 
 
 def _cookie(request: web.Request, base: str) -> str | None:
-    return request.cookies.get(_cookie_name(request, base))
+    value = request.cookies.get(_cookie_name(request, base))
+    # Ours are URL-safe base64. Bytes that are not UTF-8 reach us as lone surrogates, which no
+    # encoder (and so no digest) takes: such a cookie is simply not ours.
+    return value if value is not None and value.isascii() else None
 
 
 def _digest(token: str) -> str:
