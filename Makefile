@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN = $(VENV)/bin
 
-.PHONY: demo test lint bench soak clean
+.PHONY: demo test lint bench soak fuzz clean
 
 demo: $(VENV)/.installed
 	$(BIN)/blauweknop up
@@ -22,6 +22,7 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python -m bench.fanout
+	$(BIN)/python -m bench.federation
 	$(BIN)/python -m bench.documents
 	$(BIN)/python -m bench.audit
 	$(BIN)/python -m bench.audit_verify
@@ -30,6 +31,10 @@ bench: $(VENV)/.installed
 MINUTES ?= 10
 soak: $(VENV)/.installed
 	$(BIN)/python -m bench.soak --minutes $(MINUTES)
+
+# A long schemathesis run against the gateway's own OpenAPI description (docs/hostile-input.md).
+fuzz: $(VENV)/.installed
+	$(BIN)/python -m bench.fuzz_api --examples 1000
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -23,14 +23,16 @@ from gateway.audit import AuditTrail, PseudonymKey
 from gateway.audit.archive import ArchivistPublicKey, IssuedDocument
 from gateway.audit.kafka import producer_options
 from gateway.audit.relay import Relay
+from gateway.bodies import read_form
 from gateway.bsn import is_bsn
 from gateway.bundle import BundleIssuer
 from gateway.config import Settings, connector_factory, load_keys
 from gateway.documents import web as documents_web
 from gateway.documents.service import MEDIA_TYPES, DocumentService, WorkerSpec, negotiate
-from gateway.errors import ConfigError, DocumentUnavailable
+from gateway.errors import ConfigError, DocumentUnavailable, MalformedRequest
 from gateway.fanout import Fanout
 from gateway.metrics import Metrics
+from gateway.openapi import served_bytes as openapi_bytes
 from gateway.schema import SCHEMA_FILE, schema_bytes
 from gateway.sign import KeyRing, SignedBundel
 from gateway.store import StoreUnavailable, open_store
@@ -86,8 +88,9 @@ def create_app(settings: Settings, keys: KeyRing | None = None) -> web.Applicati
     )
     app = web.Application(
         client_max_size=settings.max_request_bytes,
-        middlewares=[_transaction_and_errors, _security_headers],
+        middlewares=[_transaction_and_errors],
     )
+    app.on_response_prepare.append(_security_headers)
     app[SETTINGS] = settings
     app[KEYS] = keys
     app[METRICS] = metrics
@@ -109,6 +112,7 @@ def create_app(settings: Settings, keys: KeyRing | None = None) -> web.Applicati
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/openapi.json", _openapi)
     from gateway import authz, login  # here: both import this module's app keys
 
     login.setup(app)
@@ -218,6 +222,12 @@ async def release(
     return web.Response(body=body, content_type=content_type)
 
 
+_DETAILS = {
+    404: "There is nothing at this address; /openapi.json lists every endpoint.",
+    405: "This address does not take this method; the Allow header lists the ones it takes.",
+}
+
+
 @web.middleware
 async def _transaction_and_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     tx = str(uuid.uuid4())
@@ -225,12 +235,17 @@ async def _transaction_and_errors(request: web.Request, handler: Handler) -> web
     token = logs.transaction_id.set(tx)
     try:
         response = await handler(request)
+    except MalformedRequest as exc:
+        response = problem(400, "Ongeldig verzoek", str(exc))
     except web.HTTPRequestEntityTooLarge:
         response = problem(413, "Verzoek te groot", "The request body is larger than allowed.")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        response = problem(exc.status, exc.reason, exc.text or exc.reason)
+        # aiohttp's own answers (no such path, method, …) in our shape, without their text.
+        response = problem(exc.status, exc.reason, _DETAILS.get(exc.status, exc.reason))
+        if "Allow" in exc.headers:  # RFC 9110 §15.5.6: a 405 names the methods there are
+            response.headers["Allow"] = exc.headers["Allow"]
     except Exception:
         log.exception("unhandled error")
         response = problem(500, "Interne fout", f"Something went wrong; quote transaction id {tx}.")
@@ -240,14 +255,17 @@ async def _transaction_and_errors(request: web.Request, handler: Handler) -> web
     return response
 
 
-@web.middleware
-async def _security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
-    response = await handler(request)
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """On every response, also the problem details the error middleware makes and redirects.
+
+    A handler's own value wins (the consent page's CSP names the portal). The Server header
+    names no software or version: that only helps an attacker pick an exploit.
+    """
     response.headers.setdefault("Content-Security-Policy", _CSP)
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "no-referrer")
     response.headers.setdefault("Cache-Control", "no-store")
-    return response
+    response.headers["Server"] = "Blauwe Knop"
 
 
 async def _jwks(request: web.Request) -> web.Response:
@@ -260,6 +278,12 @@ async def _jwks(request: web.Request) -> web.Response:
 
 async def _schema(request: web.Request) -> web.Response:
     return web.Response(body=schema_bytes(), content_type="application/schema+json")
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    return web.Response(
+        body=openapi_bytes(request.app[SETTINGS].mode), content_type="application/json"
+    )
 
 
 async def _healthz(request: web.Request) -> web.Response:
@@ -321,7 +345,7 @@ async def _sandbox_bundel(request: web.Request) -> web.Response:
         if not isinstance(fields, dict):
             return problem(400, "Ongeldig verzoek", "The body must be a JSON object.")
     else:
-        fields = dict(await request.post())
+        fields = dict(await read_form(request))
     bsn = fields.get("bsn")
     if not isinstance(bsn, str) or not is_bsn(bsn):
         return problem(400, "Ongeldig BSN", "Give a 9-digit BSN that passes the 11-proef.")

@@ -35,6 +35,10 @@ class SourceInvalid(SourceError):
     status = "ongeldig"
 
 
+class MalformedRequest(BlauweKnopError):
+    """A request body could not be parsed at all (a broken form or multipart body): a 400."""
+
+
 class SchemaViolation(BlauweKnopError):
     """A document does not match the common schema."""
 

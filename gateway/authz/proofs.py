@@ -38,6 +38,8 @@ class DpopProof:
 def _header(token: str, error: str) -> dict[str, Any]:
     if len(token) > MAX_JWT_BYTES:
         raise OAuthError(error, "the JWT is too large")
+    if not token.isascii():  # from a header, bytes that are not UTF-8 arrive as surrogates
+        raise OAuthError(error, "a JWT is ASCII (base64url parts separated by dots)")
     try:
         header = jwt.get_unverified_header(token)
     except jwt.PyJWTError as exc:
@@ -137,13 +139,16 @@ def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
 
 
 def access_token_hash(token: str) -> str:
-    """The `ath` claim: base64url of the SHA-256 of the access token."""
+    """The `ath` claim: base64url of the SHA-256 of the (ASCII) access token."""
     return b64url(hashlib.sha256(token.encode("ascii")).digest())
 
 
 def normalise_htu(url: str) -> str:
     """Scheme and host lower-case, no query or fragment (RFC 9449 §4.3)."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. "https://[host/": an unclosed IPv6 literal
+        raise OAuthError("invalid_dpop_proof", "the DPoP proof's htu is not a URL") from exc
     return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), parts.path or "/", "", ""))
 
 
@@ -191,7 +196,8 @@ async def verify_dpop(
     if access_token is not None:
         if "ath" not in claims:
             raise OAuthError("invalid_dpop_proof", "the DPoP proof needs ath for the access token")
-        if claims["ath"] != access_token_hash(access_token):
+        # A token that is not ASCII was never issued, so no proof's ath can be for it.
+        if not access_token.isascii() or claims["ath"] != access_token_hash(access_token):
             raise OAuthError("invalid_dpop_proof", "the DPoP proof's ath is for another token")
     jti = claims["jti"]
     if not isinstance(jti, str) or not 8 <= len(jti) <= 256:

@@ -55,9 +55,10 @@ from gateway.authz.proofs import (
     verify_dpop,
 )
 from gateway.authz.registry import CLIENT_KEY_ALGORITHMS, Registry
+from gateway.bodies import read_form
 from gateway.documents.service import MEDIA_TYPES
 from gateway.documents.web import DOCUMENTS
-from gateway.errors import ConfigError, DocumentUnavailable, OAuthError
+from gateway.errors import ConfigError, DocumentUnavailable, MalformedRequest, OAuthError
 from gateway.jws import b64url
 from gateway.login import Citizen, begin_login, current_citizen
 from gateway.store import Store, StoreUnavailable
@@ -195,6 +196,8 @@ def _html_errors(
             raise
         except OAuthError as error:
             response = _html_error(request, error)
+        except MalformedRequest as exc:
+            response = _html_error(request, OAuthError("invalid_request", str(exc)))
         except StoreUnavailable:
             log.exception("store unavailable; no consent recorded, nothing issued")
             response = _html_error(request, _UNAVAILABLE)
@@ -207,7 +210,10 @@ def _html_errors(
 async def _form(request: web.Request) -> dict[str, str]:
     if request.content_type != "application/x-www-form-urlencoded":
         raise OAuthError("invalid_request", "send the parameters form-encoded")
-    form = await request.post()
+    try:
+        form = await read_form(request)
+    except MalformedRequest as exc:
+        raise OAuthError("invalid_request", "the form-encoded body cannot be decoded") from exc
     values: dict[str, str] = {}
     for key in form:
         items = form.getall(key)
@@ -502,7 +508,7 @@ async def _consent_decision(request: web.Request) -> web.StreamResponse:
             request,
             OAuthError("access_denied", "you are not logged in (any more): start again", 403),
         )
-    form = await request.post()
+    form = await read_form(request)
     csrf = form.get("csrf")
     if not isinstance(csrf, str) or not hmac.compare_digest(
         csrf, _csrf(transaction, citizen.session_id)
@@ -758,6 +764,8 @@ async def _authorise_bundle(request: web.Request) -> tuple[AccessToken, str]:
             "invalid_token", "send the access token as Authorization: DPoP <token>, with a proof"
         )
     token = token.strip()
+    if not token.isascii():
+        raise OAuthError("invalid_token", "the access token is unknown or expired")
     store = _store(request)
     proof = await verify_dpop(
         request.headers.get("DPoP"),

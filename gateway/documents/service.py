@@ -207,11 +207,14 @@ class DocumentService:
         self._tsa_url = spec.tsa_url
         self._tsa_process: BaseProcess | None = None
         self._tsa_lock = asyncio.Lock()
-        self._pool = concurrent.futures.ProcessPoolExecutor(
-            max_workers=max(1, spec.settings.documents.workers),
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
+        return concurrent.futures.ProcessPoolExecutor(
+            max_workers=max(1, self.spec.settings.documents.workers),
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
-            initargs=(spec,),
+            initargs=(self.spec,),
         )
 
     async def start(self) -> None:
@@ -248,12 +251,18 @@ class DocumentService:
             return url
 
     async def _run(self, fn: Any, *args: Any) -> Any:
+        pool = self._pool
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+            return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
         except concurrent.futures.BrokenExecutor as exc:
-            raise DocumentUnavailable(
-                "a document worker process died; the pool must be restarted (restart the gateway)"
-            ) from exc
+            # A worker died (killed, out of memory, or a file that crashes a parser in C). A
+            # broken pool refuses every later call, so the next request gets a fresh one; the
+            # calls that were running on the old one fail with this error.
+            if self._pool is pool:
+                log.error("a document worker process died; starting a new pool")
+                self._pool = self._new_pool()
+                pool.shutdown(wait=False, cancel_futures=True)
+            raise DocumentUnavailable("a document worker process died; try again") from exc
 
     async def render(self, signed: SignedBundel, media_type: str) -> bytes:
         """The exact bytes of `signed` in `media_type` (one of MEDIA_TYPES)."""

@@ -15,9 +15,11 @@ from typing import Literal
 import orjson
 from aiohttp import BodyPartReader, web
 
+from gateway.bodies import parsing_body
 from gateway.documents.service import DocumentService
 from gateway.documents.verify import Verdict
 from gateway.documents.xml import XSD_FILE, xsd_bytes
+from gateway.errors import DocumentUnavailable, MalformedRequest
 
 DOCUMENTS = web.AppKey("documents", DocumentService)
 MAX_VERIFY_BYTES = web.AppKey("max_verify_bytes", int)
@@ -49,15 +51,16 @@ async def _read_limited(request: web.Request, limit: int) -> tuple[bytes, str | 
     if (request.content_length or 0) > limit + 64 * 1024:
         raise _TooLarge
     if request.content_type == "multipart/form-data":
-        reader = await request.multipart()
-        async for part in reader:
-            if isinstance(part, BodyPartReader) and part.name == "bestand":
-                data = bytearray()
-                while chunk := await part.read_chunk(64 * 1024):
-                    data.extend(chunk)
-                    if len(data) > limit:
-                        raise _TooLarge
-                return bytes(data), part.filename
+        async with parsing_body():
+            reader = await request.multipart()
+            async for part in reader:
+                if isinstance(part, BodyPartReader) and part.name == "bestand":
+                    data = bytearray()
+                    while chunk := await part.read_chunk(64 * 1024):
+                        data.extend(chunk)
+                        if len(data) > limit:
+                            raise _TooLarge
+                    return bytes(data), part.filename
         return b"", None
     data = bytearray()
     while chunk := await request.content.read(64 * 1024):
@@ -85,7 +88,8 @@ async def _verify_api(request: web.Request) -> web.Response:
         return _problem(400, "Geen bestand", "Send the file as the body or as form field bestand.")
     try:
         verdict = await _verify_in_time(request, data, name)
-    except TimeoutError:
+    except (TimeoutError, DocumentUnavailable):
+        # DocumentUnavailable: a worker died (a file that crashes a parser); no 500 for that.
         return _problem(503, "Controle duurde te lang", "Verification took too long; try again.")
     return web.Response(body=orjson.dumps(verdict.as_json()), content_type="application/json")
 
@@ -224,6 +228,8 @@ async def _page_result(request: web.Request) -> web.Response:
         )
         response.set_status(413)
         return response
+    except MalformedRequest:
+        data = b""  # a broken upload reads as no file: the page asks to choose one
     if not data:
         response = _html(
             lang, f'<p class="bad" role="alert">{TEXT["empty"][lang]}</p>' + _form(lang)
@@ -232,7 +238,7 @@ async def _page_result(request: web.Request) -> web.Response:
         return response
     try:
         verdict = await _verify_in_time(request, data, name)
-    except TimeoutError:
+    except (TimeoutError, DocumentUnavailable):
         response = _html(
             lang, f'<p class="bad" role="alert">{TEXT["slow"][lang]}</p>' + _form(lang)
         )

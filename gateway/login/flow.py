@@ -21,6 +21,7 @@ from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from prometheus_client import Counter
 
 from gateway.assurance import EIDAS_LEVELS, at_least, provider_values_for
+from gateway.bodies import read_form
 from gateway.errors import LoginError
 from gateway.login.client import OidcClient
 from gateway.login.idtoken import validate_id_token
@@ -118,7 +119,10 @@ def _clear_cookie(response: web.StreamResponse, request: web.Request, base: str)
 
 
 def _cookie(request: web.Request, base: str) -> str | None:
-    return request.cookies.get(_cookie_name(request, base))
+    value = request.cookies.get(_cookie_name(request, base))
+    # Ours are URL-safe base64. Bytes that are not UTF-8 reach us as lone surrogates, which no
+    # encoder (and so no digest) takes: such a cookie is simply not ours.
+    return value if value is not None and value.isascii() else None
 
 
 def _digest(token: str) -> str:
@@ -434,7 +438,7 @@ async def _logout(request: web.Request) -> web.StreamResponse:
     if token and len(token) <= 128:
         with contextlib.suppress(StoreUnavailable):
             await _audit(request.app).store.take(SESSION_NAMESPACE, _digest(token))
-    form = await request.post()
+    form = await read_form(request)
     target = form.get("return_to", "/")
     try:
         location = safe_return_to(target if isinstance(target, str) else "/")
