@@ -429,6 +429,8 @@ async def _choices(
         gemeentecode,
     )
     decisions = federation.decide(question, federation.among(gemeentecode))
+    # What the citizen is offered is a policy decision too, so it is audited like the download's.
+    await federation.audit_decisions(request[TRANSACTIE_ID], question, decisions, citizen.bsn)
     return [
         pages.OrganisationChoice(d.code, federation.members[d.code].naam)
         for d in decisions
