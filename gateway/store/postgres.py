@@ -26,6 +26,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from gateway.store import DocumentVersion, OutboxRecord, StoreUnavailable, VersionConflict
+from gateway.store._groupcommit import GroupCommit
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +119,7 @@ class PostgresOptions:
 class PostgresStore:
     def __init__(self, pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]], purge: float):
         self._pool = pool
-        self._pending: list[tuple[Sequence[OutboxRecord], asyncio.Future[None]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._group = GroupCommit(self._insert)
         self._purge_seconds = purge
         self._purger: asyncio.Task[None] | None = None
         self._closed = False
@@ -191,26 +191,7 @@ class PostgresStore:
     async def append(self, records: Sequence[OutboxRecord]) -> None:
         if self._closed:
             raise StoreUnavailable("the store is closed")
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((records, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
-        await future
-
-    async def _flush(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending, []
-            try:
-                await self._insert([r for records, _ in batch for r in records])
-            except Exception as exc:  # every waiter must hear of it, whatever went wrong
-                error = StoreUnavailable(f"audit outbox could not be written: {exc}")
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(error)
-            else:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_result(None)
+        await self._group.append(records)
 
     async def _insert(self, records: list[OutboxRecord]) -> None:
         async with (
@@ -352,8 +333,7 @@ class PostgresStore:
             self._purger.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._purger
-        if self._flusher is not None:
-            await self._flusher
+        await self._group.drain()
         await self._pool.close()
 
 

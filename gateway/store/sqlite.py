@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.store import DocumentVersion, OutboxRecord, StoreUnavailable, VersionConflict
+from gateway.store._groupcommit import GroupCommit
 
 T = TypeVar("T")
 
@@ -54,8 +55,7 @@ class SqliteStore:
         self.path = path
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="sqlite-store")
         self._conn: sqlite3.Connection | None = None
-        self._pending: list[tuple[Sequence[OutboxRecord], asyncio.Future[None]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._group = GroupCommit(lambda records: self._run(self._insert, records))
 
     @classmethod
     async def open(cls, path: Path) -> SqliteStore:
@@ -90,26 +90,7 @@ class SqliteStore:
         return self._conn
 
     async def append(self, records: Sequence[OutboxRecord]) -> None:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((records, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
-        await future
-
-    async def _flush(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending, []
-            try:
-                await self._run(self._insert, [r for records, _ in batch for r in records])
-            except Exception as exc:  # every waiter must hear of it, whatever went wrong
-                error = StoreUnavailable(f"audit outbox could not be written: {exc}")
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(error)
-            else:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_result(None)
+        await self._group.append(records)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -277,8 +258,7 @@ class SqliteStore:
             raise StoreUnavailable(f"the SQLite store does not answer: {exc}") from exc
 
     async def close(self) -> None:
-        if self._flusher is not None:
-            await self._flusher
+        await self._group.drain()
         if self._conn is not None:
             await self._run(self._conn.close)
             self._conn = None
