@@ -125,12 +125,14 @@ async def test_commands_say_where_kafka_is_missing(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_demo_stack_has_an_audit_stream_that_tail_reads(tmp_path: Path) -> None:
-    base = free_ports(5)
+    # The stack also uses base + 8 (TSA) and + 10 (DigiD); the portal gets base + 5, not 8088.
+    base = free_ports(11)
     env = {
         **os.environ,
         "BLAUWEKNOP_STATE_DIR": str(tmp_path / "state"),
         "BLAUWEKNOP_PORT": str(base + 4),
         "BLAUWEKNOP_SANDBOX_BASE_PORT": str(base),
+        "BLAUWEKNOP_DEMO_PORTAL_PORT": str(base + 5),
     }
     demo = subprocess.Popen(
         [BLAUWEKNOP, "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
