@@ -400,21 +400,10 @@ class Federation:
                 if response.status != 200:
                     log.warning("BRP answered HTTP %s", response.status)
                     return ""
-            personen = orjson.loads(raw).get("personen", [])
-            code = personen[0]["gemeenteVanInschrijving"]["code"] if personen else ""
-        except (
-            aiohttp.ClientError,
-            TimeoutError,
-            BlauweKnopError,
-            ValueError,
-            KeyError,
-            TypeError,
-            IndexError,
-            AttributeError,
-        ) as exc:
+        except (aiohttp.ClientError, TimeoutError, BlauweKnopError) as exc:
             log.warning("BRP lookup failed, no municipality is asked: %s", type(exc).__name__)
             return ""
-        return code if isinstance(code, str) and len(code) == 4 and code.isdigit() else ""
+        return brp_gemeentecode(raw)
 
     def admission(
         self, bsn: str, session: aiohttp.ClientSession
@@ -483,6 +472,19 @@ class Federation:
                 ],
             },
         )
+
+
+def brp_gemeentecode(raw: bytes) -> str:
+    """The municipality code in a BRP answer; "" when it names none or cannot be read."""
+    try:
+        personen = orjson.loads(raw).get("personen", [])
+        code = personen[0]["gemeenteVanInschrijving"]["code"] if personen else ""
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        log.warning("BRP answer unreadable, no municipality is asked: %s", type(exc).__name__)
+        return ""
+    # isdigit alone takes other scripts' digits ("٠٣٦٣"); a CBS code is four ASCII digits.
+    valid = isinstance(code, str) and len(code) == 4 and code.isascii() and code.isdigit()
+    return code if valid else ""
 
 
 def suppress_cancel() -> contextlib.AbstractContextManager[None]:
