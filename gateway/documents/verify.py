@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -136,8 +137,9 @@ def verify_file(
         return _verify_jose(data, fmt, trust, at)
     except BlauweKnopError as exc:
         return Verdict(fmt, False, problems=(str(exc),))
-    except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
-        # Malformed input deep inside a parser: report it, do not crash the verifier.
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError, zlib.error) as exc:
+        # Malformed input deep inside a parser: report it, do not crash the verifier. A PDF
+        # stream that does not inflate raises zlib.error from inside pyHanko.
         return Verdict(fmt, False, problems=(f"malformed {fmt} document: {exc!r}"[:500],))
 
 
