@@ -250,6 +250,19 @@ def test_the_real_documents_verify(signed_world: SignedWorld) -> None:
         assert verdict.ok, (fmt, verdict.problems)
 
 
+def test_a_pdf_with_a_broken_dss_object_is_reported(signed_world: SignedWorld) -> None:
+    """Found by the PDF property: a PdfReadError from reading the DSS escaped (a 500)."""
+    pdf = signed_world.documents["pdf"]
+    certs = pdf.rindex(b"/Certs [")
+    number = pdf[certs + len(b"/Certs [") :].split()[0]
+    start = pdf.rindex(b"\n" + number + b" 0 obj")
+    length = pdf.index(b"/Length", start)
+    broken = pdf[:length] + b"9999 0 R" + pdf[length + len(b"/Length") :]
+    verdict = check_file(signed_world, broken, in_hypothesis=False)
+    assert not verdict.ok
+    assert any("PdfReadError" in problem for problem in verdict.problems), verdict.problems
+
+
 def test_a_pdf_attachment_that_does_not_inflate_is_reported(signed_world: SignedWorld) -> None:
     """Found by the PDF property: zlib.error from pyHanko escaped the verifier (a 500)."""
     pdf = signed_world.documents["pdf"]

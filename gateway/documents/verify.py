@@ -26,6 +26,7 @@ from typing import Any, Literal
 import orjson
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
+from pyhanko.pdf_utils.misc import PdfError
 from pyhanko_certvalidator import CertificateValidator, ValidationContext
 from pyhanko_certvalidator.errors import PathBuildingError, PathValidationError, ValidationError
 
@@ -137,9 +138,18 @@ def verify_file(
         return _verify_jose(data, fmt, trust, at)
     except BlauweKnopError as exc:
         return Verdict(fmt, False, problems=(str(exc),))
-    except (ValueError, TypeError, KeyError, IndexError, OverflowError, zlib.error) as exc:
-        # Malformed input deep inside a parser: report it, do not crash the verifier. A PDF
-        # stream that does not inflate raises zlib.error from inside pyHanko.
+    except (
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        OverflowError,
+        zlib.error,
+        PdfError,
+    ) as exc:
+        # Malformed input deep inside a parser: report it, do not crash the verifier. pyHanko
+        # reads PDF objects lazily, so a broken one can raise PdfError (or zlib.error, for a
+        # stream that does not inflate) anywhere, long after the file was opened.
         return Verdict(fmt, False, problems=(f"malformed {fmt} document: {exc!r}"[:500],))
 
 
