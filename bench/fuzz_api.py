@@ -22,10 +22,13 @@ import asyncio
 import os
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import aiohttp
 
 from connectors._sandbox.runner import serve_app
 from gateway.app import create_app
@@ -49,15 +52,39 @@ CHECKS = (
 class Outcome:
     returncode: int
     output: str
+    statuses: dict[str, Counter[int]] = field(default_factory=dict)
+
+    def statuses_of(self, *operations: str) -> str:
+        """`POST /token: 400×31 200×9`, one line per operation, for the figures in the docs."""
+        return "\n".join(
+            f"{op}: " + " ".join(f"{s}×{n}" for s, n in sorted(self.statuses.get(op, {}).items()))
+            for op in operations
+        )
 
     @property
     def passed(self) -> bool:
         return self.returncode == 0
 
 
+@dataclass(frozen=True)
+class Target:
+    """A gateway under test, and what the hooks need to act as its demo portal."""
+
+    url: str
+    state_dir: Path
+    redirect_uri: str  # the demo portal's registered redirect URI (never served here)
+
+    def env(self) -> dict[str, str]:
+        return {
+            "BLAUWEKNOP_FUZZ_GATEWAY": self.url,
+            "BLAUWEKNOP_FUZZ_STATE_DIR": str(self.state_dir),
+            "BLAUWEKNOP_FUZZ_REDIRECT_URI": self.redirect_uri,
+        }
+
+
 @asynccontextmanager
-async def gateway_under_test(state_dir: Path) -> AsyncIterator[str]:
-    """Sandboxes, stand-in DigiD and a sandbox-mode gateway on free ports; yields its URL."""
+async def gateway_under_test(state_dir: Path) -> AsyncIterator[Target]:
+    """Sandboxes, stand-in DigiD and a sandbox-mode gateway on free ports."""
     pki = DevPki(state_dir / "pki")
     pki.ensure()
     base = settings_from_mapping({"state_dir": str(state_dir)})
@@ -69,22 +96,42 @@ async def gateway_under_test(state_dir: Path) -> AsyncIterator[str]:
             "deadline_seconds": 2.0,
             "organisations": sandbox_organisation_table(pki, {s.org: s.url for s in sandboxes}),
             "oidc": {"issuer": digid.url},
+            # The hooks fetch bundles as one portal for one citizen; the limits have tests.
+            "federation": {"rate_portal_per_minute": 100_000, "rate_citizen_per_minute": 100_000},
         }
     )
     runner, port = await serve_app(create_app(settings))
+    url = f"http://127.0.0.1:{port}"
     try:
-        yield f"http://127.0.0.1:{port}"
+        await _register_at_digid(digid.url, url)
+        redirect = f"http://{settings.host}:{settings.demo_portal_port}/blauwe-knop/callback"
+        yield Target(url, state_dir, redirect)
     finally:
         for made in (runner, digid.runner, *(s.runner for s in sandboxes)):
             await made.cleanup()
 
 
-async def fuzz(url: str, examples: int, report_dir: Path, seed: int | None = None) -> Outcome:
-    """Run schemathesis against `url` in its own process; the gateway keeps serving meanwhile."""
+async def _register_at_digid(digid_url: str, gateway_url: str) -> None:
+    """Tell the stand-in DigiD where this gateway's login callback and keys are."""
+    registration = {
+        "redirect_uris": [f"{gateway_url}/login/callback"],
+        "jwks_uri": f"{gateway_url}/login/jwks.json",
+        "id_token_encrypted_response_alg": "RSA-OAEP-256",
+    }
+    async with (
+        aiohttp.ClientSession() as session,
+        session.put(f"{digid_url}/_sandbox/clients/blauweknop-gateway", json=registration) as r,
+    ):
+        if r.status != 200:
+            raise RuntimeError(f"the stand-in DigiD refused the registration: {r.status}")
+
+
+async def fuzz(target: Target, examples: int, report_dir: Path, seed: int | None = None) -> Outcome:
+    """Run schemathesis against `target` in its own process; the gateway keeps serving."""
     command = [
         str(Path(sys.executable).with_name("schemathesis")),
         "run",
-        f"{url}/openapi.json",
+        f"{target.url}/openapi.json",
         "--checks",
         ",".join(CHECKS),
         "--max-examples",
@@ -109,7 +156,14 @@ async def fuzz(url: str, examples: int, report_dir: Path, seed: int | None = Non
         command += ["--seed", str(seed)]
     # Run in the scratch directory, so schemathesis' own cache stays out of the repository.
     pythonpath = os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "SCHEMATHESIS_HOOKS": "bench.fuzz_hooks", "PYTHONPATH": pythonpath}
+    tally = report_dir.parent / "tally.txt"
+    env = {
+        **os.environ,
+        **target.env(),
+        "BLAUWEKNOP_FUZZ_TALLY": str(tally),
+        "SCHEMATHESIS_HOOKS": "bench.fuzz_hooks",
+        "PYTHONPATH": pythonpath,
+    }
     process = await asyncio.create_subprocess_exec(
         *command,
         env=env,
@@ -119,14 +173,25 @@ async def fuzz(url: str, examples: int, report_dir: Path, seed: int | None = Non
     )
     output, _ = await process.communicate()
     assert process.returncode is not None
-    return Outcome(process.returncode, output.decode(errors="replace"))
+    return Outcome(process.returncode, output.decode(errors="replace"), _read_tally(tally))
+
+
+def _read_tally(path: Path) -> dict[str, Counter[int]]:
+    """Status codes per operation, from the hooks' tally file."""
+    statuses: dict[str, Counter[int]] = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            operation, _, status = line.rpartition(" ")
+            statuses.setdefault(operation, Counter())[int(status)] += 1
+    return statuses
 
 
 async def _main(examples: int, seed: int | None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
-        async with gateway_under_test(Path(scratch) / "state") as url:
-            outcome = await fuzz(url, examples, Path(scratch) / "report", seed)
+        async with gateway_under_test(Path(scratch) / "state") as target:
+            outcome = await fuzz(target, examples, Path(scratch) / "report", seed)
     print(outcome.output)
+    print(outcome.statuses_of("POST /par", "POST /token", "GET /v1/bundel"))
     return outcome.returncode
 
 

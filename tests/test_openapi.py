@@ -176,9 +176,9 @@ async def test_header_bytes_that_are_not_utf8_are_no_internal_error(
     tmp_path: Path, request_line: bytes, header: bytes
 ) -> None:
     """Each of these was a 500: the surrogates aiohttp makes of such bytes broke our digests."""
-    async with gateway_under_test(tmp_path / "state") as url:  # with DigiD: /login gets far
+    async with gateway_under_test(tmp_path / "state") as target:  # with DigiD: /login gets far
         answer = await _raw(
-            url,
+            target.url,
             request_line + b" HTTP/1.1\r\nHost: gateway\r\n" + header + b"\r\n"
             b"Content-Length: 0\r\nConnection: close\r\n\r\n",
         )
@@ -189,8 +189,8 @@ async def test_header_bytes_that_are_not_utf8_are_no_internal_error(
 @pytest.mark.slow
 async def test_schemathesis_finds_nothing(tmp_path: Path) -> None:
     """A short fuzzing round in CI; `make fuzz` runs a long one (docs/hostile-input.md)."""
-    async with gateway_under_test(tmp_path / "state") as url:
-        outcome = await fuzz(url, examples=25, report_dir=tmp_path / "report")
+    async with gateway_under_test(tmp_path / "state") as target:
+        outcome = await fuzz(target, examples=25, report_dir=tmp_path / "report")
     # Every operation but GET /openapi.json, which schemathesis leaves out as its own schema.
     operations = len(described(orjson.loads(served_bytes("sandbox")))) - 1
     assert f"Tested: {operations}\n" in outcome.output, outcome.output
