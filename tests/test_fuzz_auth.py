@@ -212,10 +212,10 @@ def id_tokens(draw: st.DrawFn, world: AuthWorld, nonce: str) -> str:
     }
     if draw(st.integers(0, 9)) == 0:
         header["crit"] = draw(JSON)
+    token = jwt_text(header, body, lambda m: jose_sign(key, m))
     if isinstance(body, dict) and header["alg"] == "RS256" and draw(st.booleans()):
-        token: str = jose_jwt.encode({"alg": "RS256", "kid": key.kid}, body, key, ["RS256"])
-    else:
-        token = jwt_text(header, body, lambda m: jose_sign(key, m))
+        with contextlib.suppress(UnicodeEncodeError):  # joserfc writes UTF-8 only
+            token = jose_jwt.encode({"alg": "RS256", "kid": key.kid}, body, key, ["RS256"])
     if draw(st.booleans()):
         targets = world.rp_keys.encryption_keys
         target: RSAKey | ECKey = targets[draw(st.integers(0, len(targets) - 1))]
@@ -360,3 +360,11 @@ def test_registry_requests_give_a_request_or_a_refusal(pki: DevPki, data: st.Dat
 def test_arbitrary_entries_give_an_entry_or_value_error(entry: Any) -> None:
     with contextlib.suppress(ValueError):
         reg.parse_entry(entry, RULES)
+
+
+@pytest.mark.parametrize("connector", [["generic"], {"generic": 1}, 7, None])
+def test_an_entry_whose_connector_is_no_string_is_refused(pki: DevPki, connector: object) -> None:
+    """Found by the registry property: a list as connector raised TypeError (unhashable): a 500
+    on POST /v1/federatie/verzoeken for a request signed with the key in the entry itself."""
+    with pytest.raises(ValueError, match="cannot be registered here"):
+        reg.parse_entry({**svb_entry(pki), "connector": connector}, RULES)

@@ -212,7 +212,8 @@ def parse_entry(data: Any, rules: Rules) -> Inschrijving:
     if gemeentecode is not None and not code.startswith("gm"):
         raise ValueError("only municipalities (code 'gm' + gemeentecode) have a gemeentecode")
     connector = data.get("connector", "generic")
-    if connector not in rules.connectors:
+    # Not a string (a list, say) would make the membership test raise TypeError: a 500.
+    if not isinstance(connector, str) or connector not in rules.connectors:
         raise ValueError(
             f"connector {connector!r} cannot be registered here; choose one of "
             f"{sorted(rules.connectors)} (or implement docs/provider-api.yaml: 'generic')"
