@@ -52,7 +52,7 @@ CHECKS = (
 class Outcome:
     returncode: int
     output: str
-    statuses: dict[str, Counter[int]] = field(default_factory=dict)
+    statuses: dict[str, Counter[str]] = field(default_factory=dict)
 
     def statuses_of(self, *operations: str) -> str:
         """`POST /token: 400×31 200×9`, one line per operation, for the figures in the docs."""
@@ -176,13 +176,13 @@ async def fuzz(target: Target, examples: int, report_dir: Path, seed: int | None
     return Outcome(process.returncode, output.decode(errors="replace"), _read_tally(tally))
 
 
-def _read_tally(path: Path) -> dict[str, Counter[int]]:
-    """Status codes per operation, from the hooks' tally file."""
-    statuses: dict[str, Counter[int]] = {}
+def _read_tally(path: Path) -> dict[str, Counter[str]]:
+    """Status codes (with the OAuth error, if any) per operation, from the hooks' tally."""
+    statuses: dict[str, Counter[str]] = {}
     if path.exists():
         for line in path.read_text(encoding="utf-8").splitlines():
             operation, _, status = line.rpartition(" ")
-            statuses.setdefault(operation, Counter())[int(status)] += 1
+            statuses.setdefault(operation, Counter())[status] += 1
     return statuses
 
 

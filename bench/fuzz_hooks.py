@@ -159,7 +159,8 @@ class ClientAuth:
             return
         assert GATEWAY is not None
         path = case.operation.path
-        if path == "/token" and random.random() < 1 / 3:
+        real_code = path == "/token" and random.random() < 1 / 3
+        if real_code:
             grant = asyncio.run(_grant())
             form.update(
                 grant_type="authorization_code",
@@ -169,6 +170,11 @@ class ClientAuth:
             )
         if path == "/par" and random.random() < 1 / 3:
             form.update(_valid_par_request())
+        # Half the rest get the one accepted grant or response type, to reach the checks after.
+        if path == "/token" and not real_code and random.random() < 0.5:
+            form["grant_type"] = "authorization_code"
+        if path == "/par" and random.random() < 0.5:
+            form["response_type"] = "code"
         if "client_id" in form and random.random() < 0.5:
             form["client_id"] = CLIENT_ID
         form["client_assertion_type"] = CLIENT_ASSERTION_TYPE
@@ -204,8 +210,15 @@ TALLY = os.environ.get("BLAUWEKNOP_FUZZ_TALLY")
 
 @schemathesis.hook
 def after_call(context: Any, case: Any, response: Any) -> None:
-    """One line per call, `METHOD path status`, for bench/fuzz_api.py's figures."""
+    """One line per call, `METHOD path status[:oauth error]`, for bench/fuzz_api.py's figures."""
     if TALLY:
-        line = f"{case.operation.method.upper()} {case.operation.path} {response.status_code}\n"
+        status = str(response.status_code)
+        try:
+            error = response.json().get("error")
+        except Exception:  # not JSON, or not an object: the status says enough
+            error = None
+        if isinstance(error, str) and error.isidentifier():
+            status += f":{error}"
+        line = f"{case.operation.method.upper()} {case.operation.path} {status}\n"
         with open(TALLY, "a", encoding="utf-8") as tally:  # O_APPEND: whole lines, any thread
             tally.write(line)
