@@ -235,7 +235,7 @@ def pdf_damage(draw: st.DrawFn, pdf: bytes) -> tuple[str, bytes]:
     ]
 
 
-@fuzz(25)
+@fuzz(100)
 @given(data=st.data())
 def test_damaged_pdfs_give_a_verdict(signed_world: SignedWorld, data: st.DataObject) -> None:
     description, damaged = data.draw(pdf_damage(signed_world.documents["pdf"]))
