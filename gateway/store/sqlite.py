@@ -8,6 +8,8 @@ to be on disk, but the disk syncs once per batch rather than once per event.
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -18,6 +20,7 @@ from typing import Any, TypeVar
 
 from gateway.store import DocumentVersion, OutboxRecord, StoreUnavailable, VersionConflict
 from gateway.store._groupcommit import GroupCommit
+from gateway.store._leadership import Election, check_role_name
 
 T = TypeVar("T")
 
@@ -251,6 +254,21 @@ class SqliteStore:
         with self._transaction() as conn:
             conn.executemany(sql, params)
 
+    def leadership(self, name: str, *, retry_seconds: float = 2.0) -> Election:
+        """An exclusive `flock` on `<database>.<name>.leader`: one process per state dir leads.
+
+        SQLite serves one process, so that process normally always leads; the lock keeps a
+        second process started by mistake on the same state dir from publishing too.
+        """
+        lock = _FileLock(self.path.with_name(f"{self.path.name}.{check_role_name(name)}.leader"))
+        return Election(
+            name,
+            acquire=lock.acquire,
+            confirm=lock.confirm,
+            release=lock.release,
+            retry_seconds=retry_seconds,
+        )
+
     async def ping(self) -> None:
         try:
             await self._run(self._query, "SELECT 1", ())
@@ -266,6 +284,32 @@ class SqliteStore:
 
 
 _DOC_COLUMNS = "kind, key, version, body, seq, created"
+
+
+class _FileLock:
+    """A non-blocking exclusive flock; the kernel releases it when the process dies."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    async def acquire(self) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    async def confirm(self) -> bool:
+        return self._fd is not None
+
+    async def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing the only descriptor drops the flock
 
 
 def _document(row: tuple[Any, ...]) -> DocumentVersion:
