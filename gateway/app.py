@@ -183,6 +183,7 @@ async def _audit_relay(app: web.Application) -> AsyncIterator[None]:
     producer_options(kafka)  # bad TLS or SASL files stop the start, not the relay later
     relay = Relay(app[AUDIT].store, kafka, app[METRICS])
     app[RELAY] = relay
+    app[READINESS_CHECKS]["audit_relay"] = _relay_ready
     relay.start()
     try:
         yield
@@ -298,6 +299,15 @@ async def _store_ready(app: web.Application) -> str | None:
     except StoreUnavailable as exc:
         return str(exc)
     return None
+
+
+async def _relay_ready(app: web.Application) -> str | None:
+    """The relay's task runs, leading or standing by: a standby replica serves like any other.
+
+    Kafka itself is no readiness check: while it is away every replica is equally affected,
+    and the outbox keeps the evidence (the store check covers that), so traffic stays.
+    """
+    return None if app[RELAY].running else "the audit relay has stopped"
 
 
 async def _client_ready(app: web.Application) -> str | None:

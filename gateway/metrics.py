@@ -80,3 +80,9 @@ class Metrics:
             "1 while the audit relay has a working connection to Kafka.",
             registry=self.registry,
         )
+        self.audit_relay_leader = Gauge(
+            "blauweknop_audit_relay_leader",
+            "1 while this replica's relay is the one that publishes the outbox (one across "
+            "replicas); 0 while it stands by.",
+            registry=self.registry,
+        )
