@@ -196,6 +196,7 @@ class CheckpointConfig:
     every_events: int = 1000
     every_seconds: float = 10.0
     group_id: str = "blauweknop-checkpointer"
+    metrics_port: int = 9464  # the checkpointer's /metrics (on `host`); 0: any free port
 
 
 @dataclass(frozen=True, slots=True)
@@ -517,7 +518,10 @@ def checkpoint_config(audit: Mapping[str, Any]) -> CheckpointConfig:
         every_events=_int(audit, "checkpoint_every_events", 1000),
         every_seconds=_float(audit, "checkpoint_every_seconds", 10.0),
         group_id=_str(audit, "checkpointer_group", "blauweknop-checkpointer"),
+        metrics_port=_int(audit, "checkpointer_metrics_port", 9464),
     )
+    if not 0 <= config.metrics_port <= 65535:
+        raise ConfigError("[audit] checkpointer_metrics_port must be between 0 and 65535")
     if not 1 <= config.every_events <= 100_000:
         raise ConfigError("[audit] checkpoint_every_events must be between 1 and 100000")
     if not 0.1 <= config.every_seconds <= 3600:

@@ -60,6 +60,8 @@ DESCRIPTIONS: dict[str, str] = {
     "audit.checkpoint_every_events": "a checkpoint after at most this many new events",
     "audit.checkpoint_every_seconds": "a checkpoint after at most this many seconds",
     "audit.checkpointer_group": "Kafka consumer group that keeps one checkpointer active",
+    "audit.checkpointer_metrics_port": "port of the checkpointer's `/metrics` and `/healthz` "
+    "(on `host`; 0: any free port, printed at start)",
     "audit.tsa_url": "RFC 3161 time-stamping authority for checkpoints",
     "audit.tsa_ca_file": "CA certificate(s) (PEM) the checkpoint TSA must chain to",
     "audit.tsa_cert_file": "optional: pin the checkpoint TSA's own certificate (PEM)",
