@@ -415,32 +415,54 @@ def test_production_configuration_loads_and_reads_secrets_only_from_mounted_file
     assert settings.mode == "production"
     assert settings.store.postgres is not None
     assert settings.shutdown_drain_seconds + settings.shutdown_grace_seconds < 30
-    container = pod_spec(find(production, "Deployment", "blauweknop-gateway"))["containers"][0]  # type: ignore[index]
-    secret_mounts = [
-        m["mountPath"] for m in container["volumeMounts"] if m["mountPath"].startswith("/run/")
-    ]
     text = config_map["data"]["gateway.toml"]
-    files = re.findall(r'"(/[^"]+)"', text) + re.findall(r"sslrootcert=([^&\"']+)", text)
-    for path in files:
-        if path.startswith("/run/"):
-            assert any(path.startswith(m + "/") for m in secret_mounts), f"{path} not mounted"
+    files = [
+        p
+        for p in re.findall(r'"(/[^"]+)"', text) + re.findall(r"sslrootcert=([^&\"']+)", text)
+        if p.startswith("/run/")
+    ]
+    # What each workload reads: the checkpointer its signing key, the TSA's CA and Kafka's
+    # files; the gateway everything else, and never the checkpoint signing key.
+    assert settings.checkpoints.key_file is not None
+    assert settings.checkpoints.tsa_ca_file is not None
+    assert settings.kafka is not None
+    signing_key = str(settings.checkpoints.key_file)
+    kafka_files = {
+        str(f)
+        for f in (settings.kafka.ca_file, settings.kafka.cert_file, settings.kafka.key_file)
+        if f is not None
+    }
+    needs = {
+        "blauweknop-gateway": set(files) - {signing_key},
+        "blauweknop-checkpointer": {signing_key, str(settings.checkpoints.tsa_ca_file)}
+        | kafka_files,
+    }
     external = {
         r["spec"]["target"]["name"]: {d["secretKey"] for d in r["spec"]["data"]}
         for r in production
         if r["kind"] == "ExternalSecret"
     }
-    volumes = {
-        v["name"]: v
-        for v in pod_spec(find(production, "Deployment", "blauweknop-gateway"))["volumes"]
-    }  # type: ignore[index]
-    for mount in container["volumeMounts"]:
-        volume = volumes[mount["name"]]
-        if "secret" not in volume:
-            continue
-        for path in files:
-            if path.startswith(mount["mountPath"] + "/"):
-                key = path.removeprefix(mount["mountPath"] + "/").split("&")[0]
-                assert key in external[volume["secret"]["secretName"]], f"{path}: no such key"
+    for name, paths in needs.items():
+        spec = pod_spec(find(production, "Deployment", name))
+        assert spec is not None
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        mounts = [
+            m for m in spec["containers"][0]["volumeMounts"] if "secret" in volumes[m["name"]]
+        ]
+        for path in paths:
+            assert any(path.startswith(m["mountPath"] + "/") for m in mounts), (
+                f"{name}: {path} not mounted"
+            )
+        for mount in mounts:
+            for path in files:
+                if path.startswith(mount["mountPath"] + "/"):
+                    key = path.removeprefix(mount["mountPath"] + "/").split("&")[0]
+                    secret = volumes[mount["name"]]["secret"]["secretName"]
+                    assert key in external[secret], f"{name}: {path}: no such key"
+        if name == "blauweknop-gateway":
+            assert not any(signing_key.startswith(m["mountPath"] + "/") for m in mounts), (
+                "the gateway never holds the checkpoint signing key"
+            )
 
 
 def test_kafka_topics_for_evidence(production: list[dict[str, Any]]) -> None:
