@@ -257,6 +257,8 @@ class Settings:
     kafka: KafkaConfig | None = None
     # Benchmarks only: bundles go out without audit events. Refused outside sandbox mode.
     audit_disabled_for_benchmark: bool = False
+    # How long the outbox keeps records Kafka has acknowledged before the relay deletes them.
+    outbox_keep_sent_seconds: float = 3600.0
     log_level: str = "INFO"
     sandbox_host: str = "127.0.0.1"
     sandbox_base_port: int = 9101
@@ -391,6 +393,7 @@ def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
         kafka=kafka_config(_table(data, "kafka")),
         checkpoints=checkpoint_config(audit),
         audit_disabled_for_benchmark=_bool(audit, "disabled_for_benchmark", False),
+        outbox_keep_sent_seconds=_non_negative(audit, "outbox_keep_sent_seconds", 3600.0),
         log_level=_str(data, "log_level", "INFO"),
         sandbox_host=sandbox_host,
         sandbox_base_port=sandbox_base_port,
@@ -700,6 +703,13 @@ def _float(data: Mapping[str, Any], key: str, default: float) -> float:
         return float(data.get(key, default))
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"setting {key!r} must be a number") from exc
+
+
+def _non_negative(data: Mapping[str, Any], key: str, default: float) -> float:
+    value = _float(data, key, default)
+    if not 0 <= value < float("inf"):
+        raise ConfigError(f"setting {key!r} must be a number of seconds, 0 or more")
+    return value
 
 
 _WEAK_ALGS = frozenset({"none", "HS256", "HS384", "HS512"})

@@ -11,6 +11,10 @@ When the broker hangs, dies, or is replaced by a fresh one, the relay drops its 
 record not yet acknowledged. Records that did reach the old broker may so arrive twice; a
 duplicate carries the same event id and the same bytes. The first copy of every event is always
 in outbox order.
+
+Sent records stay in the outbox for `keep_sent_seconds` (a window in which an operator can still
+replay them should a Kafka cluster lose acknowledged data), then the relay deletes them, so the
+outbox holds a bounded amount however long the gateway runs.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ _FIRST_BACKOFF = 0.2
 _MAX_BACKOFF = 5.0
 _LINGER = 0.05  # seconds between batches while the relay keeps up
 _BACKLOG_EVERY = 1.0  # seconds between backlog gauge updates
+_PRUNE_EVERY = 60.0  # seconds between deletions of sent records, at most
 _STOP_PRODUCER = 3.0  # seconds a producer may take to close before it is torn down
 _UNKNOWN_TOPIC = 3  # Kafka error code UNKNOWN_TOPIC_OR_PARTITION
 _RECORD_OVERHEAD = 128  # record batch header and one record's framing, generously
@@ -53,12 +58,17 @@ class Relay:
         *,
         topic: str = EVENTS_TOPIC,
         idle_seconds: float = 0.1,
+        keep_sent_seconds: float = 3600.0,
     ) -> None:
         self.store = store
         self.config = config
         self.metrics = metrics or Metrics()
         self.topic = topic
         self.idle_seconds = idle_seconds
+        self.keep_sent_seconds = keep_sent_seconds
+        # A short window is pruned more often, so the outbox never holds much more than it.
+        self._prune_every = min(_PRUNE_EVERY, max(keep_sent_seconds, 1.0))
+        self._pruned_at = time.monotonic()
         self._producer: Any = None
         self._task: asyncio.Task[None] | None = None
         self._draining = False
@@ -106,6 +116,7 @@ class Relay:
         backoff = _FIRST_BACKOFF
         while True:
             try:
+                await self._prune()
                 records = await self.store.unsent(self._read_limit)
                 await self._update_backlog(len(records))
                 if not records:
@@ -148,6 +159,14 @@ class Relay:
                     return
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF)
+
+    async def _prune(self) -> None:
+        if time.monotonic() - self._pruned_at < self._prune_every:
+            return
+        self._pruned_at = time.monotonic()
+        pruned = await self.store.prune_sent(self.keep_sent_seconds)
+        if pruned:
+            log.debug("deleted %d sent outbox records", pruned)
 
     async def _idle(self) -> None:
         self._wake.clear()
