@@ -11,15 +11,15 @@ from __future__ import annotations
 import importlib
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
 from gateway.assurance import BSN_SUB_ID_TYPE, DEFAULT_ACR_MAPPING, EIDAS_LEVELS, EIDAS_SUBSTANTIAL
-from gateway.connector import ConnectorFactory, ConnectorSettings
-from gateway.errors import ConfigError
+from gateway.connector import Connector, ConnectorFactory, ConnectorSettings
+from gateway.errors import BlauweKnopError, ConfigError
 from gateway.fanout import BreakerSettings
 from gateway.federation.settings import FederationSettings, parse_federation
 from gateway.hsm import Pkcs11Config
@@ -321,6 +321,25 @@ def connector_factory(name: str) -> ConnectorFactory:
             return cast(ConnectorFactory, ep.load())
     known = sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
     raise ConfigError(f"no connector named {name!r}; installed connectors: {known}")
+
+
+def verification_connectors(settings: Settings) -> tuple[dict[str, Connector], list[str]]:
+    """Each configured organisation's connector, set up only to re-check its signatures.
+
+    An auditor holds the organisations' signing certificates, not the gateway's client keys
+    or secrets, so none of those are loaded. Returns the connectors by code, and a problem per
+    organisation that could not be set up (its sources then show as "not checked").
+    """
+    connectors: dict[str, Connector] = {}
+    problems: list[str] = []
+    for org in settings.organisations:
+        try:
+            connector = connector_factory(org.connector)(replace(org.settings, verify_only=True))
+        except (BlauweKnopError, OSError, ValueError) as exc:
+            problems.append(f"cannot check {org.connector}'s signatures: {exc}")
+            continue
+        connectors[connector.organisatie.code] = connector
+    return connectors, problems
 
 
 def connector_defaults(name: str) -> tuple[Organisatie, tuple[Contactoptie, ...]]:

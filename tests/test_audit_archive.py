@@ -136,8 +136,16 @@ def _env(world: World, broker: EmbeddedBroker | None = None) -> dict[str, str]:
 async def test_reproduce_gives_the_issued_bytes_with_verified_signatures(
     world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # An earlier transaction: many others were issued after it.
-    for earlier in (world.issued[0], world.issued[1]):
+    # The auditor holds the organisations' signing certificates, but none of the gateway's
+    # credentials for reaching them: no UWV client key, no CAK client secret.
+    missing = str(tmp_path / "not-given")
+    auditor = {
+        "BLAUWEKNOP_ORGANISATIONS__UWV__CLIENT_CERT": missing,
+        "BLAUWEKNOP_ORGANISATIONS__UWV__CLIENT_KEY": missing,
+        "BLAUWEKNOP_ORGANISATIONS__CAK__OPTIONS__CLIENT_SECRET_FILE": missing,
+    }
+    # Earlier transactions: many others were issued after them.
+    for earlier, env in ((world.issued[0], _env(world)), (world.issued[1], _env(world) | auditor)):
         out_dir = tmp_path / earlier.transactie_id
         code, out, err = await blauweknop(
             [
@@ -149,7 +157,7 @@ async def test_reproduce_gives_the_issued_bytes_with_verified_signatures(
                 "-o",
                 str(out_dir),
             ],
-            _env(world),
+            env,
             monkeypatch,
         )
         assert code == 0, err
