@@ -181,7 +181,12 @@ async def _audit_relay(app: web.Application) -> AsyncIterator[None]:
         yield
         return
     producer_options(kafka)  # bad TLS or SASL files stop the start, not the relay later
-    relay = Relay(app[AUDIT].store, kafka, app[METRICS])
+    relay = Relay(
+        app[AUDIT].store,
+        kafka,
+        app[METRICS],
+        keep_sent_seconds=app[SETTINGS].outbox_keep_sent_seconds,
+    )
     app[RELAY] = relay
     app[READINESS_CHECKS]["audit_relay"] = _relay_ready
     relay.start()

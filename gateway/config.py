@@ -11,15 +11,15 @@ from __future__ import annotations
 import importlib
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
 from gateway.assurance import BSN_SUB_ID_TYPE, DEFAULT_ACR_MAPPING, EIDAS_LEVELS, EIDAS_SUBSTANTIAL
-from gateway.connector import ConnectorFactory, ConnectorSettings
-from gateway.errors import ConfigError
+from gateway.connector import Connector, ConnectorFactory, ConnectorSettings
+from gateway.errors import BlauweKnopError, ConfigError
 from gateway.fanout import BreakerSettings
 from gateway.federation.settings import FederationSettings, parse_federation
 from gateway.hsm import Pkcs11Config
@@ -258,6 +258,8 @@ class Settings:
     kafka: KafkaConfig | None = None
     # Benchmarks only: bundles go out without audit events. Refused outside sandbox mode.
     audit_disabled_for_benchmark: bool = False
+    # How long the outbox keeps records Kafka has acknowledged before the relay deletes them.
+    outbox_keep_sent_seconds: float = 3600.0
     log_level: str = "INFO"
     sandbox_host: str = "127.0.0.1"
     sandbox_base_port: int = 9101
@@ -320,6 +322,25 @@ def connector_factory(name: str) -> ConnectorFactory:
             return cast(ConnectorFactory, ep.load())
     known = sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
     raise ConfigError(f"no connector named {name!r}; installed connectors: {known}")
+
+
+def verification_connectors(settings: Settings) -> tuple[dict[str, Connector], list[str]]:
+    """Each configured organisation's connector, set up only to re-check its signatures.
+
+    An auditor holds the organisations' signing certificates, not the gateway's client keys
+    or secrets, so none of those are loaded. Returns the connectors by code, and a problem per
+    organisation that could not be set up (its sources then show as "not checked").
+    """
+    connectors: dict[str, Connector] = {}
+    problems: list[str] = []
+    for org in settings.organisations:
+        try:
+            connector = connector_factory(org.connector)(replace(org.settings, verify_only=True))
+        except (BlauweKnopError, OSError, ValueError) as exc:
+            problems.append(f"cannot check {org.connector}'s signatures: {exc}")
+            continue
+        connectors[connector.organisatie.code] = connector
+    return connectors, problems
 
 
 def connector_defaults(name: str) -> tuple[Organisatie, tuple[Contactoptie, ...]]:
@@ -392,6 +413,7 @@ def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
         kafka=kafka_config(_table(data, "kafka")),
         checkpoints=checkpoint_config(audit),
         audit_disabled_for_benchmark=_bool(audit, "disabled_for_benchmark", False),
+        outbox_keep_sent_seconds=_non_negative(audit, "outbox_keep_sent_seconds", 3600.0),
         log_level=_str(data, "log_level", "INFO"),
         sandbox_host=sandbox_host,
         sandbox_base_port=sandbox_base_port,
@@ -704,6 +726,13 @@ def _float(data: Mapping[str, Any], key: str, default: float) -> float:
         return float(data.get(key, default))
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"setting {key!r} must be a number") from exc
+
+
+def _non_negative(data: Mapping[str, Any], key: str, default: float) -> float:
+    value = _float(data, key, default)
+    if not 0 <= value < float("inf"):
+        raise ConfigError(f"setting {key!r} must be a number of seconds, 0 or more")
+    return value
 
 
 _WEAK_ALGS = frozenset({"none", "HS256", "HS384", "HS512"})

@@ -53,6 +53,8 @@ DESCRIPTIONS: dict[str, str] = {
     "document is archived HPKE-encrypted to it; required in production",
     "audit.disabled_for_benchmark": "sandbox benchmarks only: no audit records (refused in "
     "production)",
+    "audit.outbox_keep_sent_seconds": "how long the outbox keeps events Kafka acknowledged "
+    "(a window to replay them should the cluster lose them) before the relay deletes them",
     "audit.origin": "the Merkle log's origin line (default: `<uitgever OIN>/blauweknop/audit`)",
     "audit.checkpoint_key_file": "Ed25519 private key (PEM) that signs checkpoints "
     "(checkpointer only; sandbox: made on first use)",

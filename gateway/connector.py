@@ -23,7 +23,13 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from lxml import etree
 
 from gateway import jws
-from gateway.errors import SourceInvalid, SourceTimeout, SourceUnreachable, VerificationError
+from gateway.errors import (
+    ConfigError,
+    SourceInvalid,
+    SourceTimeout,
+    SourceUnreachable,
+    VerificationError,
+)
 from gateway.models import Contactoptie, Gegevens, Handtekeningvorm, Herkomst, Organisatie
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -43,6 +49,9 @@ class ConnectorSettings:
     client_key: Path | None = None
     ca_cert: Path | None = None
     options: Mapping[str, str] = field(default_factory=dict)
+    # Set up only to check signatures (an auditor re-verifying sources): no credentials such as
+    # client keys or secrets are needed or loaded, and `fetch` is refused.
+    verify_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +81,14 @@ class Connector(Protocol):
 
 
 ConnectorFactory = Callable[[ConnectorSettings], Connector]
+
+
+def verify_only_error(organisatie: Organisatie) -> ConfigError:
+    """What a connector set up with `verify_only` raises when it is asked to fetch anyway."""
+    return ConfigError(
+        f"the {organisatie.naam} connector is set up to verify signatures only (no credentials "
+        "loaded); it cannot fetch"
+    )
 
 
 def load_certificate(path: Path) -> x509.Certificate:

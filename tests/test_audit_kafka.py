@@ -234,6 +234,28 @@ async def test_relay_delivers_every_event_in_order_and_marks_them_sent(
     assert first_copies(records) == [e.event_id for e in events]
 
 
+async def test_relay_deletes_sent_events_after_the_window_and_never_unsent_ones(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    db = tmp_path / "outbox.db"
+    store = await SqliteStore.open(db)
+    trail = AuditTrail(store, PseudonymKey("k1", b"s" * 32), UITGEVER)
+    events = [trail.event("organisatie.bevraagd", f"tx-{i}", {"n": i}) for i in range(50)]
+    await store.append(events)
+    relay = Relay(store, broker.kafka_config(), keep_sent_seconds=0)
+    relay.start()
+    try:
+        await eventually(lambda: _outbox_is_empty(db), 10, "sent events deleted", step=0.1)
+        await broker.stop()  # what is appended now cannot be acknowledged, so it stays
+        late = trail.event("organisatie.bevraagd", "tx-late", {"n": 50})
+        await store.append([late])
+        await asyncio.sleep(2.5)  # more than one pruning round at this window
+        assert [event_id for _, event_id, _, _ in await outbox(db)] == [late.event_id]
+    finally:
+        await relay.stop(drain_seconds=0.1)
+        await store.close()
+
+
 async def _backlog_is(store: SqliteStore, count: int) -> bool:
     return await store.backlog() == count
 
@@ -345,6 +367,10 @@ async def test_broker_frozen_30_seconds_under_load_loses_nothing(
     assert set(traffic.transactions) <= issued, "every bundle handed out is on the topic"
     report = await checkpoint_and_verify(broker, pki)  # tests/test_audit_verify.py
     assert report.ok, report.problems
+
+
+async def _outbox_is_empty(db: Path) -> bool:
+    return not await outbox(db)
 
 
 async def _all_sent(db: Path) -> bool:

@@ -12,12 +12,17 @@ record not yet acknowledged. Records that did reach the old broker may so arrive
 duplicate carries the same event id and the same bytes. The first copy of every event is always
 in outbox order.
 
+Sent records stay in the outbox for `keep_sent_seconds` (a window in which an operator can still
+replay them should a Kafka cluster lose acknowledged data), then the relay deletes them, so the
+outbox holds a bounded amount however long the gateway runs.
+
 One relay publishes at a time across all replicas on one store: each relay competes for the
 store's leadership role `audit-relay` (a PostgreSQL advisory lock; with SQLite the one process
 leads). The others stand by, report the backlog, and take over within a few seconds when the
 leader stops or dies. The leader confirms its role with the store before every batch, so a
 leader cut off from the store stops publishing; a batch it had already sent may then arrive
-again from the new leader, with the same ids and bytes (at least once, as above).
+again from the new leader, with the same ids and bytes (at least once, as above). Only the
+leader prunes.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ _FIRST_BACKOFF = 0.2
 _MAX_BACKOFF = 5.0
 _LINGER = 0.05  # seconds between batches while the relay keeps up
 _BACKLOG_EVERY = 1.0  # seconds between backlog gauge updates
+_PRUNE_EVERY = 60.0  # seconds between deletions of sent records, at most
 _STOP_PRODUCER = 3.0  # seconds a producer may take to close before it is torn down
 _UNKNOWN_TOPIC = 3  # Kafka error code UNKNOWN_TOPIC_OR_PARTITION
 _RECORD_OVERHEAD = 128  # record batch header and one record's framing, generously
@@ -61,6 +67,7 @@ class Relay:
         *,
         topic: str = EVENTS_TOPIC,
         idle_seconds: float = 0.1,
+        keep_sent_seconds: float = 3600.0,
         leader_retry_seconds: float = 2.0,
     ) -> None:
         self.store = store
@@ -68,6 +75,10 @@ class Relay:
         self.metrics = metrics or Metrics()
         self.topic = topic
         self.idle_seconds = idle_seconds
+        self.keep_sent_seconds = keep_sent_seconds
+        # A short window is pruned more often, so the outbox never holds much more than it.
+        self._prune_every = min(_PRUNE_EVERY, max(keep_sent_seconds, 1.0))
+        self._pruned_at = time.monotonic()
         self.leader_retry_seconds = leader_retry_seconds
         self._leading = False
         self._producer: Any = None
@@ -153,6 +164,7 @@ class Relay:
                     await self._stand_by(lead)
                     continue
                 self._set_leading(True)
+                await self._prune()  # the leader only: one replica deletes, as one publishes
                 records = await self.store.unsent(self._read_limit)
                 await self._update_backlog(len(records))
                 if not records:
@@ -197,6 +209,14 @@ class Relay:
                     return
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF)
+
+    async def _prune(self) -> None:
+        if time.monotonic() - self._pruned_at < self._prune_every:
+            return
+        self._pruned_at = time.monotonic()
+        pruned = await self.store.prune_sent(self.keep_sent_seconds)
+        if pruned:
+            log.debug("deleted %d sent outbox records", pruned)
 
     async def _idle(self) -> None:
         self._wake.clear()

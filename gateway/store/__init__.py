@@ -78,6 +78,10 @@ class Store(Protocol):
 
     async def mark_sent(self, seqs: Sequence[int]) -> None: ...
 
+    async def prune_sent(self, older_than: float, limit: int = 10_000) -> int:
+        """Delete up to `limit` sent records stored more than `older_than` seconds ago."""
+        ...
+
     async def backlog(self) -> int:
         """How many records wait for the relay."""
         ...

@@ -236,6 +236,15 @@ class PostgresStore:
             "UPDATE blauweknop_outbox SET sent = TRUE WHERE seq = ANY(%s)", (list(seqs),)
         )
 
+    async def prune_sent(self, older_than: float, limit: int = 10_000) -> int:
+        rows = await self._exec(
+            "DELETE FROM blauweknop_outbox WHERE seq IN (SELECT seq FROM blauweknop_outbox "
+            "WHERE sent AND stored_at < now() - make_interval(secs => %s) ORDER BY seq "
+            "LIMIT %s) RETURNING seq",
+            (older_than, limit),
+        )
+        return len(rows)
+
     async def backlog(self) -> int:
         rows = await self._exec("SELECT count(*) FROM blauweknop_outbox WHERE NOT sent", ())
         return int(rows[0][0])

@@ -30,7 +30,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     event_id TEXT NOT NULL UNIQUE,
     key TEXT NOT NULL,
     payload BLOB NOT NULL,
-    sent INTEGER NOT NULL DEFAULT 0
+    sent INTEGER NOT NULL DEFAULT 0,
+    stored_at REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox (seq) WHERE sent = 0;
 CREATE TABLE IF NOT EXISTS kv (
@@ -74,6 +75,9 @@ class SqliteStore:
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA busy_timeout=5000")
         conn.executescript(_SCHEMA)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(outbox)")}
+        if "stored_at" not in columns:  # an outbox made before sent records were pruned
+            conn.execute("ALTER TABLE outbox ADD COLUMN stored_at REAL NOT NULL DEFAULT 0")
         self._conn = conn
 
     async def _run(self, fn: Any, *args: Any) -> Any:
@@ -107,10 +111,11 @@ class SqliteStore:
         conn.execute("COMMIT")
 
     def _insert(self, records: list[OutboxRecord]) -> None:
+        now = time.time()
         with self._transaction() as conn:
             conn.executemany(
-                "INSERT INTO outbox (event_id, key, payload) VALUES (?, ?, ?)",
-                [(r.event_id, r.key, r.payload) for r in records],
+                "INSERT INTO outbox (event_id, key, payload, stored_at) VALUES (?, ?, ?, ?)",
+                [(r.event_id, r.key, r.payload, now) for r in records],
             )
 
     async def unsent(self, limit: int) -> Sequence[OutboxRecord]:
@@ -125,6 +130,15 @@ class SqliteStore:
         await self._run(
             self._execute_many, "UPDATE outbox SET sent = 1 WHERE seq = ?", [(s,) for s in seqs]
         )
+
+    async def prune_sent(self, older_than: float, limit: int = 10_000) -> int:
+        rows = await self._run(
+            self._query,
+            "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE sent = 1 "
+            "AND stored_at < ? ORDER BY seq LIMIT ?) RETURNING seq",
+            (time.time() - older_than, limit),
+        )
+        return len(rows)
 
     async def backlog(self) -> int:
         rows = await self._run(self._query, "SELECT count(*) FROM outbox WHERE sent = 0", ())
