@@ -24,6 +24,7 @@ from gateway.audit.archive import ArchivistPublicKey, IssuedDocument
 from gateway.audit.kafka import producer_options
 from gateway.audit.relay import Relay
 from gateway.bodies import read_form
+from gateway.browser_security import harden, strict_csp
 from gateway.bsn import is_bsn
 from gateway.bundle import BundleIssuer
 from gateway.config import Settings, connector_factory, load_keys
@@ -65,10 +66,7 @@ READINESS_TIMEOUT = 2.0
 
 JOSE = "application/jose"
 JSON = "application/json"
-_CSP = (
-    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
-    "base-uri 'none'; frame-ancestors 'none'"
-)
+_CSP = strict_csp()
 
 
 def problem(status: int, title: str, detail: str) -> web.Response:
@@ -258,13 +256,11 @@ async def _transaction_and_errors(request: web.Request, handler: Handler) -> web
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
     """On every response, also the problem details the error middleware makes and redirects.
 
-    A handler's own value wins (the consent page's CSP names the portal). The Server header
-    names no software or version: that only helps an attacker pick an exploit.
+    A handler's own value wins (the consent page's CSP names the portal). HSTS in every mode:
+    see gateway/browser_security.py. The Server header names no software or version: that only
+    helps an attacker pick an exploit.
     """
-    response.headers.setdefault("Content-Security-Policy", _CSP)
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("Referrer-Policy", "no-referrer")
-    response.headers.setdefault("Cache-Control", "no-store")
+    harden(response, _CSP)
     response.headers["Server"] = "Blauwe Knop"
 
 
