@@ -244,13 +244,29 @@ async def _transaction_and_errors(request: web.Request, handler: Handler) -> web
         response = problem(exc.status, exc.reason, _DETAILS.get(exc.status, exc.reason))
         if "Allow" in exc.headers:  # RFC 9110 §15.5.6: a 405 names the methods there are
             response.headers["Allow"] = exc.headers["Allow"]
-    except Exception:
-        log.exception("unhandled error")
-        response = problem(500, "Interne fout", f"Something went wrong; quote transaction id {tx}.")
+    except Exception as exc:
+        if isinstance(exc, ConnectionResetError) and _client_gone(request):
+            # The client left while we read its request (a slow body given up, a closed tab):
+            # nothing is wrong here and nobody reads the answer. Not an error with a traceback,
+            # which an attacker could otherwise write into the log at will (bench/slowloris.py).
+            log.info("the client went away before its request was read")
+            response = problem(400, "Verbinding verbroken", "The connection was lost.")
+        else:
+            log.exception("unhandled error")
+            response = problem(
+                500, "Interne fout", f"Something went wrong; quote transaction id {tx}."
+            )
     finally:
         logs.transaction_id.reset(token)
     response.headers["X-Transactie-Id"] = tx
     return response
+
+
+def _client_gone(request: web.Request) -> bool:
+    # An organisation's connection reset raises a ConnectionResetError too (aiohttp's client
+    # errors subclass it); only the browser's own closed connection is the client leaving.
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
