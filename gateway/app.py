@@ -24,6 +24,7 @@ from gateway.audit.archive import ArchivistPublicKey, IssuedDocument
 from gateway.audit.kafka import producer_options
 from gateway.audit.relay import Relay
 from gateway.bodies import read_form
+from gateway.browser_security import harden, strict_csp
 from gateway.bsn import is_bsn
 from gateway.bundle import BundleIssuer
 from gateway.config import Settings, connector_factory, load_keys
@@ -65,10 +66,7 @@ READINESS_TIMEOUT = 2.0
 
 JOSE = "application/jose"
 JSON = "application/json"
-_CSP = (
-    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
-    "base-uri 'none'; frame-ancestors 'none'"
-)
+_CSP = strict_csp()
 
 
 def problem(status: int, title: str, detail: str) -> web.Response:
@@ -252,25 +250,39 @@ async def _transaction_and_errors(request: web.Request, handler: Handler) -> web
         response = problem(exc.status, exc.reason, _DETAILS.get(exc.status, exc.reason))
         if "Allow" in exc.headers:  # RFC 9110 §15.5.6: a 405 names the methods there are
             response.headers["Allow"] = exc.headers["Allow"]
-    except Exception:
-        log.exception("unhandled error")
-        response = problem(500, "Interne fout", f"Something went wrong; quote transaction id {tx}.")
+    except Exception as exc:
+        if isinstance(exc, ConnectionResetError) and _client_gone(request):
+            # The client left while we read its request (a slow body given up, a closed tab):
+            # nothing is wrong here and nobody reads the answer. Not an error with a traceback,
+            # which an attacker could otherwise write into the log at will (bench/slowloris.py).
+            log.info("the client went away before its request was read")
+            response = problem(400, "Verbinding verbroken", "The connection was lost.")
+        else:
+            log.exception("unhandled error")
+            response = problem(
+                500, "Interne fout", f"Something went wrong; quote transaction id {tx}."
+            )
     finally:
         logs.transaction_id.reset(token)
     response.headers["X-Transactie-Id"] = tx
     return response
 
 
+def _client_gone(request: web.Request) -> bool:
+    # An organisation's connection reset raises a ConnectionResetError too (aiohttp's client
+    # errors subclass it); only the browser's own closed connection is the client leaving.
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
     """On every response, also the problem details the error middleware makes and redirects.
 
-    A handler's own value wins (the consent page's CSP names the portal). The Server header
-    names no software or version: that only helps an attacker pick an exploit.
+    A handler's own value wins (the consent page's CSP names the portal). HSTS in every mode:
+    see gateway/browser_security.py. The Server header names no software or version: that only
+    helps an attacker pick an exploit.
     """
-    response.headers.setdefault("Content-Security-Policy", _CSP)
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("Referrer-Policy", "no-referrer")
-    response.headers.setdefault("Cache-Control", "no-store")
+    harden(response, _CSP)
     response.headers["Server"] = "Blauwe Knop"
 
 
