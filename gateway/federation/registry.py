@@ -29,11 +29,11 @@ from typing import Any, Literal, cast
 
 import jwt
 import orjson
-from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway import jws
 from gateway.errors import BlauweKnopError, VerificationError
+from gateway.federation.certs import MAX_ANCHORS, load_anchors
 from gateway.federation.safety import UnsafeAddress, check_url
 from gateway.models import Contactoptie, Organisatie
 
@@ -230,9 +230,9 @@ def parse_entry(data: Any, rules: Rules) -> Inschrijving:
         if not isinstance(x509_pem, str) or len(x509_pem) > 16 * 1024:
             raise ValueError("x509 must be a PEM certificate of at most 16 KiB")
         try:
-            x509.load_pem_x509_certificates(x509_pem.encode())
+            load_anchors(x509_pem)
         except ValueError as exc:
-            raise ValueError(f"x509 is not a PEM certificate: {exc}") from exc
+            raise ValueError(f"x509 must be 1 to {MAX_ANCHORS} PEM certificates: {exc}") from exc
     if connector != "generic" and x509_pem is None:
         raise ValueError(f"the {connector} connector pins an X.509 certificate: give x509")
     categorieen = data.get("categorieen")

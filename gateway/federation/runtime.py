@@ -221,6 +221,9 @@ class Federation:
                 options.setdefault(f"contact_{c.contactvorm}", c.waarde)
         if entry.connector == "generic":
             anchor = self._anchor(orjson.dumps(dict(entry.jwks)), "jwks.json")
+            if entry.x509 is not None:
+                # X.509 anchors for answers that carry an x5c chain (connectors/generic).
+                options["x509"] = str(self._anchor(entry.x509.encode(), "pem"))
         else:
             assert entry.x509 is not None
             anchor = self._anchor(entry.x509.encode(), "pem")
