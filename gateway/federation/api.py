@@ -145,7 +145,14 @@ def _client_certificate(request: web.Request) -> x509.Certificate | None:
 
 
 def _view(r: Registratie) -> dict[str, object]:
-    return {"versie": r.version, "status": r.status, "inschrijving": r.inschrijving.to_json()}
+    view: dict[str, object] = {
+        "versie": r.version,
+        "status": r.status,
+        "inschrijving": r.inschrijving.to_json(),
+    }
+    if r.reden is not None:
+        view["reden"] = r.reden  # why it was suspended or withdrawn
+    return view
 
 
 async def _request(request: web.Request) -> web.Response:
