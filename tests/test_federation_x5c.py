@@ -136,3 +136,36 @@ async def test_x5c_without_registered_anchors_and_a_leaf_that_did_not_sign_are_r
     agreement = issue("SVB DH", hierarchy["svb-ca"], use="key-agreement", oin=SVB_OIN)
     with pytest.raises(SourceInvalid, match="key usage"):
         await fetch(pki, tmp_path, hierarchy["svb-ca"].pem, agreement)
+
+
+async def test_a_registered_anchor_reaches_the_running_gateway(
+    pki: DevPki, tmp_path: Path, hierarchy: dict[str, Issued]
+) -> None:
+    """End to end: the registry's x509 anchors are what the generic connector checks."""
+    from connectors.svb.sandbox import signing_key
+    from tests.conftest import start_stack
+    from tests.test_federation import eventually, register_and_approve, svb_entry
+
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "pki").symlink_to(pki.directory)
+    stack, runners = await start_stack(state, pki, federation={"poll_seconds": 0.1})
+    leaf = issue("SVB seal", hierarchy["svb-ca"], use="sign", oin=SVB_OIN)
+    try:
+        async with svb_signing_with(pki, leaf, hierarchy["svb-ca"]) as url:
+            entry = svb_entry(url, pki, x509=hierarchy["root"].pem)
+            await register_and_approve(stack, state, signing_key(pki), entry)
+
+            async def certified() -> bool:
+                bundle = await stack.bundle(EVERYWHERE)
+                bron = [b for b in bundle["bundel"]["bronnen"] if b["organisatie"]["code"] == "svb"]
+                return bool(bron) and bron[0]["status"] == "ok"
+
+            await eventually(certified)
+            bundle = await stack.bundle(EVERYWHERE)
+            bron = next(b for b in bundle["bundel"]["bronnen"] if b["organisatie"]["code"] == "svb")
+            assert bron["herkomst"]["sleutel_id"].startswith("x5t#S256:")
+    finally:
+        await stack.session.close()
+        for runner in runners:
+            await runner.cleanup()
