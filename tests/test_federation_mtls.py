@@ -51,6 +51,7 @@ class World:
     pki: DevPki
     root: Issued
     svb_ca: Issued
+    tsp_ca: Issued
     files: Path
 
     @property
@@ -79,10 +80,13 @@ class World:
 @pytest.fixture
 async def world(tmp_path: Path, pki: DevPki) -> AsyncIterator[World]:
     federation_root = root()
+    # A trust service provider's issuing CA, configured beside the root (as the PKIoverheid
+    # intermediates would be).
+    tsp_ca = issue("TSP organisatie CA", federation_root, use="ca")
     files = tmp_path / "certs"
     files.mkdir()
     root_file = files / "federation-root.pem"
-    root_file.write_text(federation_root.pem)
+    root_file.write_text(federation_root.pem + tsp_ca.pem)
     state = tmp_path / "state"
     state.mkdir()
     (state / "pki").symlink_to(pki.directory)
@@ -92,9 +96,8 @@ async def world(tmp_path: Path, pki: DevPki) -> AsyncIterator[World]:
         federation={"poll_seconds": 0.1, "mtls_port": 0, "mtls_client_ca": str(root_file)},
     )
     svb = await start_sandbox("svb", pki)
-    yield World(
-        stack, svb, state, pki, federation_root, issue("SVB CA", federation_root, use="ca"), files
-    )
+    svb_ca = issue("SVB CA", federation_root, use="ca")
+    yield World(stack, svb, state, pki, federation_root, svb_ca, tsp_ca, files)
     await stack.session.close()
     for runner in [*runners, svb.runner]:
         await runner.cleanup()
@@ -230,3 +233,38 @@ async def test_an_entry_without_x509_anchors_cannot_be_changed_over_mtls(
     )
     assert status == 403, body
     assert "no registered X.509 trust anchor" in body["detail"]
+
+
+async def test_an_anchor_above_the_issuing_ca_is_reached_through_the_configured_cas(
+    world: World, pki: DevPki
+) -> None:
+    """The organisation registered the root; its certificate comes from a configured TSP CA."""
+    key = signing_key(pki)
+    entry = svb_entry(world.svb.url, pki, x509=world.root.pem)
+    token = organisation_request(key, "aanmelden", entry)
+    status, body = await send(world.stack.session, world.stack.url, token)
+    assert status == 200, body
+    leaf = issue("SVB", world.tsp_ca, use="tls-client", oin=SVB_OIN)
+    request = {"actie": "wijzigen", "oin": SVB_OIN, "inschrijving": dict(entry, naam="SVB")}
+    status, body = await world.send(world.client("svb", leaf), request)
+    assert (status, body["versie"]) == (200, 2), body
+    # Under the same root and TSP, another organisation's certificate still names its own OIN.
+    other = issue("Someone else", world.tsp_ca, use="tls-client", oin=OTHER_OIN)
+    status, body = await world.send(world.client("other", other), request)
+    assert status == 403, body
+
+
+def test_production_needs_the_listener_certificate_and_the_client_ca(
+    pki: DevPki, tmp_path: Path
+) -> None:
+    from gateway.config import settings_from_mapping
+    from gateway.errors import ConfigError
+    from tests.production import production_config
+
+    config = production_config(pki, tmp_path)
+    config["federation"] = {"mtls_port": 8443, "mtls_cert": str(pki.root_cert)}
+    with pytest.raises(ConfigError, match="mtls_key, mtls_client_ca"):
+        settings_from_mapping(config)
+    identity = pki.identity("gateway-client")
+    config["federation"] |= {"mtls_key": str(identity.key), "mtls_client_ca": str(pki.root_cert)}
+    assert settings_from_mapping(config).federation.mtls_port == 8443

@@ -115,8 +115,12 @@ async def _start_mtls(settings: Settings, federation: Federation) -> web.AppRunn
     app.router.add_post(PATH_REQUESTS, _request)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, port, ssl_context=mtls_server_context(settings))
+    context = mtls_server_context(settings)
+    site = web.TCPSite(runner, settings.host, port, ssl_context=context)
     await site.start()
+    federation.mtls_ca_certs = tuple(
+        x509.load_der_x509_certificate(der) for der in context.get_ca_certs(binary_form=True)
+    )
     bound = runner.addresses[0][1] if runner.addresses else port
     federation.mtls_url = f"https://{settings.host}:{bound}"
     log.info("registry mTLS listener started", extra={"url": federation.mtls_url})

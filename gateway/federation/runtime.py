@@ -104,8 +104,11 @@ class Federation:
         self._lock = asyncio.Lock()
         self._closing: set[asyncio.Task[None]] = set()
         self.admin_keys = self._admin_keys()
-        # Where organisations reach the mTLS listener, once it runs ([federation] mtls_port).
+        # Where organisations reach the mTLS listener, once it runs ([federation] mtls_port),
+        # and the certificates of its mtls_client_ca: the registry's path building may pass
+        # through them (Python's ssl does not hand over the chain the client sent).
         self.mtls_url: str | None = None
+        self.mtls_ca_certs: tuple[x509.Certificate, ...] = ()
         self._rebuild_entities()
 
     # --- directory ---------------------------------------------------------------------------
@@ -334,7 +337,7 @@ class Federation:
         try:
             certs.verify_chain(
                 certificate,
-                [],
+                self.mtls_ca_certs,
                 certs.load_anchors(anchors_pem),
                 oin=verzoek.oin,
                 at=dt.datetime.now(dt.UTC),
