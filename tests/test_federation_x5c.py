@@ -169,3 +169,20 @@ async def test_a_registered_anchor_reaches_the_running_gateway(
         await stack.session.close()
         for runner in runners:
             await runner.cleanup()
+
+
+async def test_provider_check_reads_x5c_answers_against_the_given_anchors(
+    pki: DevPki, hierarchy: dict[str, Issued]
+) -> None:
+    from gateway.federation.conformance import check_provider
+
+    leaf = issue("SVB seal", hierarchy["svb-ca"], use="sign", oin=SVB_OIN)
+    async with svb_signing_with(pki, leaf) as url, aiohttp.ClientSession() as session:
+        good = await check_provider(url, session, anchors=(hierarchy["svb-ca"].cert,))
+        unchecked = await check_provider(url, session)
+        foreign = await check_provider(url, session, anchors=(hierarchy["foreign"].cert,))
+    assert good.conforms, good.text()
+    assert unchecked.conforms, unchecked.text()
+    assert "chain not checked" in unchecked.text()
+    assert not foreign.conforms
+    assert "does not chain to a registered anchor" in foreign.text()

@@ -86,6 +86,9 @@ def add_commands(sub: Any) -> None:
     check.add_argument("url", help="the provider's base URL")
     check.add_argument("--oin", help="the OIN it will register (default: as the document says)")
     check.add_argument("--code", help="its organisation code (default: as the document says)")
+    check.add_argument(
+        "--x509", type=Path, help="the X.509 anchors (PEM) it registers, to check x5c chains"
+    )
     check.set_defaults(run=_provider_check)
 
 
@@ -200,12 +203,17 @@ def _policy_test(args: argparse.Namespace) -> int:
 
 
 def _provider_check(args: argparse.Namespace) -> int:
+    from gateway.federation.certs import load_anchors
     from gateway.federation.conformance import check_provider
+
+    anchors = load_anchors(args.x509.read_text()) if args.x509 else ()
 
     async def run() -> int:
         timeout = aiohttp.ClientTimeout(total=10)
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            report = await check_provider(args.url, session, oin=args.oin, code=args.code)
+            report = await check_provider(
+                args.url, session, oin=args.oin, code=args.code, anchors=anchors
+            )
         print(report.text())
         return 0 if report.conforms else 1
 
