@@ -268,3 +268,15 @@ def test_production_needs_the_listener_certificate_and_the_client_ca(
     identity = pki.identity("gateway-client")
     config["federation"] |= {"mtls_key": str(identity.key), "mtls_client_ca": str(pki.root_cert)}
     assert settings_from_mapping(config).federation.mtls_port == 8443
+
+
+async def test_registering_over_mtls_needs_a_certificate_that_names_the_oin(
+    world: World,
+) -> None:
+    """A certificate without an OIN cannot register an OIN by pinning itself as the anchor."""
+    anonymous = issue("Anyone", world.root, use="tls-client")
+    entry = svb_entry(world.svb.url, world.pki, x509=anonymous.pem)
+    request = {"actie": "aanmelden", "oin": SVB_OIN, "inschrijving": entry}
+    status, body = await world.send(world.client("anyone", anonymous), request)
+    assert status == 403, body
+    assert "names no OIN" in body["detail"]

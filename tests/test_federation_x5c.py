@@ -15,6 +15,8 @@ from pathlib import Path
 import aiohttp
 import orjson
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from connectors._sandbox.runner import serve_app
 from connectors.generic.connector import GenericConnector, create_generic
@@ -186,3 +188,30 @@ async def test_provider_check_reads_x5c_answers_against_the_given_anchors(
     assert "chain not checked" in unchecked.text()
     assert not foreign.conforms
     assert "does not chain to a registered anchor" in foreign.text()
+
+
+def test_the_oin_is_read_from_serial_number_or_organization_identifier() -> None:
+    from cryptography.x509.oid import NameOID
+
+    from gateway.federation.certs import certificate_oin
+
+    def named(*attributes: tuple[x509.ObjectIdentifier, str]) -> x509.Certificate:
+        made = issue("x", None, use="sign")
+        subject = x509.Name([x509.NameAttribute(oid, value) for oid, value in attributes])
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(made.key.public_key())
+            .serial_number(1)
+            .not_valid_before(made.cert.not_valid_before_utc)
+            .not_valid_after(made.cert.not_valid_after_utc)
+        )
+        return builder.sign(made.key, hashes.SHA256())
+
+    serial, org_id = NameOID.SERIAL_NUMBER, NameOID.ORGANIZATION_IDENTIFIER
+    assert certificate_oin(named((serial, SVB_OIN))) == SVB_OIN
+    assert certificate_oin(named((org_id, f"OINNL-{SVB_OIN}"))) == SVB_OIN
+    assert certificate_oin(named((org_id, "NTRNL-12345678"))) == "00000003123456780000"
+    assert certificate_oin(named((serial, SVB_OIN), (org_id, f"OINNL-{OTHER_OIN}"))) is None
+    assert certificate_oin(named((serial, "12345"))) is None

@@ -134,13 +134,14 @@ def verify_chain(
     """Check that `leaf` proves organisation `oin` at time `at`; the verified chain, leaf first.
 
     The leaf chains (through `intermediates`) to one of `anchors`, every certificate is valid
-    at `at`, its key usage fits `purpose`, and it names `oin`; a leaf without an OIN is
-    accepted only when it is itself a registered anchor (a pinned certificate).
+    at `at`, its key usage fits `purpose`, and it names `oin`. A signing leaf without an OIN is
+    accepted only when it is itself a registered anchor (a pinned certificate); a TLS client
+    certificate always names the OIN, because it may be what registers the anchors.
     """
     if not anchors:
         raise CertificateRefused(f"OIN {oin} has no registered X.509 trust anchor (x509)")
     named = certificate_oin(leaf)
-    pinned = any(leaf == anchor for anchor in anchors)
+    pinned = purpose == "signing" and any(leaf == anchor for anchor in anchors)
     if named != oin and not (named is None and pinned):
         raise CertificateRefused(
             f"the certificate is for OIN {named}, not {oin}"
