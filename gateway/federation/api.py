@@ -26,6 +26,7 @@ from cryptography import x509
 
 from gateway.app import AUDIT, ISSUER, SETTINGS, TRANSACTIE_ID, problem
 from gateway.config import Settings
+from gateway.errors import ConfigError
 from gateway.federation import registry as reg
 from gateway.federation.policy import PolicyEngine, retention_days
 from gateway.federation.registry import Registratie, RegistrationRefused
@@ -95,11 +96,17 @@ def mtls_server_context(settings: Settings) -> ssl.SSLContext:
         cert, key = cert or identity.chain, key or identity.key
         client_ca = client_ca or pki.root_cert
     if cert is None or key is None or client_ca is None:  # production: refused by the config
-        raise ValueError("[federation] mtls_port needs mtls_cert, mtls_key and mtls_client_ca")
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(client_ca))
+        raise ConfigError("[federation] mtls_port needs mtls_cert, mtls_key and mtls_client_ca")
+    try:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(client_ca))
+        context.load_cert_chain(str(cert), str(key))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"[federation] mtls_cert {cert}, mtls_key {key} or mtls_client_ca {client_ca} is "
+            f"not usable: {exc}"
+        ) from exc
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.verify_mode = ssl.CERT_OPTIONAL
-    context.load_cert_chain(str(cert), str(key))
     return context
 
 
@@ -113,11 +120,14 @@ async def _start_mtls(settings: Settings, federation: Federation) -> web.AppRunn
     )
     app[FEDERATION] = federation
     app.router.add_post(PATH_REQUESTS, _request)
+    context = mtls_server_context(settings)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    context = mtls_server_context(settings)
-    site = web.TCPSite(runner, settings.host, port, ssl_context=context)
-    await site.start()
+    try:
+        await web.TCPSite(runner, settings.host, port, ssl_context=context).start()
+    except OSError:
+        await runner.cleanup()
+        raise
     federation.mtls_ca_certs = tuple(
         x509.load_der_x509_certificate(der) for der in context.get_ca_certs(binary_form=True)
     )
