@@ -280,3 +280,29 @@ async def test_registering_over_mtls_needs_a_certificate_that_names_the_oin(
     status, body = await world.send(world.client("anyone", anonymous), request)
     assert status == 403, body
     assert "names no OIN" in body["detail"]
+
+
+async def test_org_commands_send_over_mtls_with_cert(world: World) -> None:
+    import orjson
+
+    from tests.test_federation import run_cli
+
+    await registered(world)
+    leaf = issue("SVB", world.svb_ca, use="tls-client", oin=SVB_OIN)
+    cert, key = leaf.write(world.files, "svb-cli", world.svb_ca)
+    entry_file = world.files / "svb.json"
+    entry_file.write_bytes(orjson.dumps(world.entry(naam="SVB (via mTLS)")))
+    tls = ("--cert", str(cert), "--cert-key", str(key), "--ca", str(world.pki.root_cert))
+    code, out = await run_cli(
+        "org", "update", str(entry_file), *tls, "--versie", "1", "--gateway", world.mtls_url
+    )
+    assert code == 0, out
+    assert '"versie": 2' in out
+    code, out = await run_cli("org", "withdraw", SVB_OIN, *tls, "--gateway", world.mtls_url)
+    assert code == 0, out
+    assert '"status": "ingetrokken"' in out
+    changes = await audit_events(world.stack, "registratie.gewijzigd")
+    assert [(c["actie"], c["methode"]) for c in changes][1:] == [
+        ("wijzigen", "mtls"),
+        ("intrekken", "mtls"),
+    ]
