@@ -86,6 +86,13 @@ DESCRIPTIONS: dict[str, str] = {
     "federation.brp_timeout": "seconds to wait for the BRP",
     "federation.connectors": "connector types registered organisations may use",
     "federation.poll_seconds": "how often a running gateway looks for registry changes",
+    "federation.mtls_port": "port of the registry's mTLS listener, where organisations send "
+    "requests authenticated by their client certificate (unset: off; 0: any free port)",
+    "federation.mtls_cert": "the mTLS listener's server certificate chain (PEM); required with "
+    "mtls_port in production (sandbox: development PKI)",
+    "federation.mtls_key": "the mTLS listener's private key (PEM)",
+    "federation.mtls_client_ca": "CA certificates (PEM) client certificates must chain to, e.g. "
+    "the PKIoverheid roots (sandbox: the development root)",
     "federation.rate_citizen_per_minute": "bundle requests per citizen per minute",
     "federation.rate_portal_per_minute": "bundle requests per portal per minute",
     "kafka.bootstrap_servers": "the audit stream's Kafka brokers (`host:port`, comma "

@@ -21,6 +21,12 @@ class FederationSettings:
     bevragen") that says which municipality a citizen lives in. `connectors`: connector types an
     organisation may choose when registering (built-in ones with file options are excluded on
     purpose). Rate limits count per minute, shared by replicas through the store.
+
+    `mtls_port`: a second listener, TLS with client certificates, where organisations send
+    registry requests authenticated by their certificate instead of a signature (off when
+    unset; 0: any free port). `mtls_cert`/`mtls_key`: its server certificate chain and key;
+    `mtls_client_ca`: the CA certificates client certificates must chain to (PKIoverheid
+    roots). Sandbox mode defaults all three to the development PKI.
     """
 
     poll_seconds: float = 2.0
@@ -30,6 +36,10 @@ class FederationSettings:
     connectors: tuple[str, ...] = ("generic", "gemeente")
     rate_portal_per_minute: int = 600
     rate_citizen_per_minute: int = 60
+    mtls_port: int | None = None
+    mtls_cert: Path | None = None
+    mtls_key: Path | None = None
+    mtls_client_ca: Path | None = None
 
 
 def parse_federation(table: Mapping[str, Any], mode: str) -> FederationSettings:
@@ -53,6 +63,18 @@ def parse_federation(table: Mapping[str, Any], mode: str) -> FederationSettings:
     brp_url = table.get("brp_url")
     if brp_url is not None and mode == "production" and not str(brp_url).startswith("https://"):
         raise ConfigError("[federation] brp_url must use https in production mode")
+    mtls_port = table.get("mtls_port")
+    if mtls_port is not None and (
+        not isinstance(mtls_port, int) or isinstance(mtls_port, bool) or not 0 <= mtls_port < 65536
+    ):
+        raise ConfigError("[federation] mtls_port must be a port number (0: any free port)")
+    mtls_files = {k: table.get(k) for k in ("mtls_cert", "mtls_key", "mtls_client_ca")}
+    missing = [k for k, v in mtls_files.items() if v is None]
+    if mtls_port is not None and mode == "production" and missing:
+        raise ConfigError(
+            f"[federation] mtls_port needs {', '.join(missing)} in production mode: the "
+            "listener's certificate and key, and the CA file client certificates chain to"
+        )
     return FederationSettings(
         poll_seconds=poll,
         admin_jwks=Path(str(admin)) if admin is not None else None,
@@ -61,4 +83,12 @@ def parse_federation(table: Mapping[str, Any], mode: str) -> FederationSettings:
         connectors=tuple(connectors),
         rate_portal_per_minute=portal_rate,
         rate_citizen_per_minute=citizen_rate,
+        mtls_port=mtls_port,
+        mtls_cert=_path(mtls_files["mtls_cert"]),
+        mtls_key=_path(mtls_files["mtls_key"]),
+        mtls_client_ca=_path(mtls_files["mtls_client_ca"]),
     )
+
+
+def _path(value: Any) -> Path | None:
+    return Path(str(value)) if value is not None else None
