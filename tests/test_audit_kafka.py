@@ -41,6 +41,7 @@ from gateway.metrics import Metrics
 from gateway.models import Organisatie
 from gateway.pki import DevPki
 from gateway.serve import start_sandboxes
+from gateway.store import Store
 from gateway.store.sqlite import SqliteStore
 from tests.conftest import Stack, start_stack
 from tests.production import production_config
@@ -256,7 +257,7 @@ async def test_relay_deletes_sent_events_after_the_window_and_never_unsent_ones(
         await store.close()
 
 
-async def _backlog_is(store: SqliteStore, count: int) -> bool:
+async def _backlog_is(store: Store, count: int) -> bool:
     return await store.backlog() == count
 
 
