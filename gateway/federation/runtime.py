@@ -396,7 +396,7 @@ class Federation:
                 timeout=timeout,
                 allow_redirects=False,
             ) as response:
-                raw = await read_limited(response, 256 * 1024)
+                raw = await read_limited(response, self.settings.federation.brp_max_body_bytes)
                 if response.status != 200:
                     log.warning("BRP answered HTTP %s", response.status)
                     return ""

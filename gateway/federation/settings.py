@@ -27,6 +27,7 @@ class FederationSettings:
     admin_jwks: Path | None = None
     brp_url: str | None = None
     brp_timeout: float = 2.0
+    brp_max_body_bytes: int = 256 * 1024
     connectors: tuple[str, ...] = ("generic", "gemeente")
     rate_portal_per_minute: int = 600
     rate_citizen_per_minute: int = 60
@@ -39,6 +40,7 @@ def parse_federation(table: Mapping[str, Any], mode: str) -> FederationSettings:
         portal_rate = int(table.get("rate_portal_per_minute", defaults.rate_portal_per_minute))
         citizen_rate = int(table.get("rate_citizen_per_minute", defaults.rate_citizen_per_minute))
         brp_timeout = float(table.get("brp_timeout", defaults.brp_timeout))
+        brp_max_body = int(table.get("brp_max_body_bytes", defaults.brp_max_body_bytes))
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"[federation] has a setting that is not a number: {exc}") from exc
     if not 0.05 <= poll <= 3600:
@@ -58,6 +60,7 @@ def parse_federation(table: Mapping[str, Any], mode: str) -> FederationSettings:
         admin_jwks=Path(str(admin)) if admin is not None else None,
         brp_url=str(brp_url).rstrip("/") if brp_url else None,
         brp_timeout=brp_timeout,
+        brp_max_body_bytes=brp_max_body,
         connectors=tuple(connectors),
         rate_portal_per_minute=portal_rate,
         rate_citizen_per_minute=citizen_rate,
