@@ -98,6 +98,11 @@ DESCRIPTIONS: dict[str, str] = {
     "federation.brp_url": "the population register (Haal Centraal BRP) that names a citizen's "
     "municipality",
     "federation.brp_timeout": "seconds to wait for the BRP",
+    "federation.connect_timeout": "seconds to connect to an organisation that joined through "
+    "the registry",
+    "federation.read_timeout": "seconds to wait for its answer; later: `time-out` in the bundle",
+    "federation.max_body_bytes": "largest answer accepted from it; larger: `ongeldig`",
+    "federation.max_xml_depth": "deepest XML nesting accepted from it (XML connectors)",
     "federation.brp_max_body_bytes": "largest BRP answer accepted; larger, or later than "
     "brp_timeout: no municipality is asked",
     "federation.connectors": "connector types registered organisations may use",

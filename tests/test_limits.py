@@ -30,6 +30,7 @@ from connectors.duo import create as create_duo
 from connectors.duo.protocol import PATH as DUO_PATH
 from connectors.generic.connector import create_generic
 from connectors.svb.sandbox import jwks as svb_jwks
+from connectors.svb.sandbox import signing_key as svb_signing_key
 from connectors.uwv import create as create_uwv
 from gateway.app import create_app
 from gateway.config import settings_from_mapping
@@ -42,6 +43,7 @@ from gateway.pki import DevPki
 from tests.conftest import start_stack
 from tests.test_connector_duo import settings as duo_settings
 from tests.test_connector_uwv import settings_for as uwv_settings
+from tests.test_federation import EVERYWHERE, eventually, register_and_approve, statuses, svb_entry
 
 
 @asynccontextmanager
@@ -494,3 +496,36 @@ def test_the_verify_command_keeps_to_the_same_limits(tmp_path: Path, pki: DevPki
     )
     assert done.returncode != 0
     assert "3 pages; at most 2" in " ".join(orjson.loads(done.stdout)["problemen"])
+
+
+async def test_an_organisation_that_joined_through_the_registry_keeps_to_the_federation_limits(
+    tmp_path: Path, pki: DevPki, caplog: pytest.LogCaptureFixture
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "pki").symlink_to(pki.directory)
+    federation = {"poll_seconds": 0.1, "read_timeout": 0.5, "max_body_bytes": 64 * 1024}
+    stack, runners = await start_stack(state, pki, federation=federation)
+    svb = await start_sandbox("svb", pki)
+    try:
+        await register_and_approve(stack, state, svb_signing_key(pki), svb_entry(svb.url, pki))
+
+        async def svb_status() -> str | None:
+            return statuses(await stack.bundle(EVERYWHERE)).get("svb")
+
+        async def svb_ok() -> bool:
+            return await svb_status() == "ok"
+
+        await eventually(svb_ok)
+        await set_faults(stack.session, svb.url, oversized=True, oversized_bytes=1024 * 1024)
+        assert await svb_status() == "ongeldig"
+        assert "exceeds the limit of 65536 bytes" in caplog.text
+        await set_faults(stack.session, svb.url, oversized=False, latency_ms=3000)
+        started = time.monotonic()
+        assert await svb_status() == "time-out"
+        # The read timeout, not the two-second fan-out deadline of the test stack, cut it off.
+        assert time.monotonic() - started < 1.5
+    finally:
+        await stack.session.close()
+        for runner in [*runners, svb.runner]:
+            await runner.cleanup()
