@@ -443,6 +443,7 @@ def _limits(table: Mapping[str, Any], deadline_seconds: float) -> ServerLimits:
         body_seconds=_float(table, "body_seconds", d.body_seconds),
         request_seconds=_float(table, "request_seconds", d.request_seconds),
         idle_seconds=_float(table, "idle_seconds", d.idle_seconds),
+        send_seconds=_float(table, "send_seconds", d.send_seconds),
         concurrent_per_client=_int(table, "concurrent_per_client", d.concurrent_per_client),
     )
     for f in fields(limits):

@@ -50,6 +50,8 @@ DESCRIPTIONS: dict[str, str] = {
     "later: 503. Must exceed deadline_seconds",
     "limits.idle_seconds": "an open connection without a request is closed after this many "
     "seconds; keep it above a load balancer's idle timeout",
+    "limits.send_seconds": "a connection whose client stops taking our answer (the send "
+    "buffer stays full) this many seconds is reset",
     "limits.concurrent_per_client": "requests one peer address may have in progress at once; "
     "more: 429. Behind a proxy every client shares its address: raise it there",
     "uitgever.oin": "the OIN of the organisation that runs the gateway and seals bundles",

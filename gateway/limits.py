@@ -24,7 +24,7 @@ import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import LineTooLong
 from aiohttp.streams import EMPTY_PAYLOAD
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from aiohttp.web_request import BaseRequest
 
@@ -40,8 +40,9 @@ class ServerLimits:
     Header sizes go to aiohttp's parser. `header_seconds` runs from a request's first byte to its
     last header byte, `body_seconds` from there to the body's last byte, `request_seconds` over
     the whole handling; `idle_seconds` closes a connection that sends nothing (keep it longer
-    than a load balancer's idle timeout). `concurrent_per_client` counts requests in flight per
-    peer address (a portal's back-end asks for many citizens at once, so not too few).
+    than a load balancer's idle timeout); `send_seconds` resets one that stops taking our answer
+    (a slow reader holds the answer in memory). `concurrent_per_client` counts requests in
+    flight per peer address (a portal's back-end asks for many citizens at once: not too few).
     """
 
     max_line_bytes: int = 8190
@@ -51,6 +52,7 @@ class ServerLimits:
     body_seconds: float = 30.0
     request_seconds: float = 60.0
     idle_seconds: float = 75.0
+    send_seconds: float = 30.0
     concurrent_per_client: int = 64
 
 
@@ -75,7 +77,7 @@ class BodyTooSlow(TimeoutError):
     """
 
 
-def limits_middleware(limits: ServerLimits) -> Any:
+def limits_middleware(limits: ServerLimits) -> Middleware:
     """Body time, total request time and requests in flight per client, as problem details."""
     in_flight: Counter[str] = Counter()
 
@@ -169,6 +171,7 @@ class _Handler(RequestHandler):
         self._app = app
         self._limits = limits
         self._header_clock: asyncio.TimerHandle | None = None
+        self._send_clock: asyncio.TimerHandle | None = None
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -184,7 +187,31 @@ class _Handler(RequestHandler):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._stop_header_clock()
+        self._stop_send_clock()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        # The client is not taking our answer as fast as we write it. It may resume; if it
+        # does not within send_seconds, the answer is abandoned.
+        super().pause_writing()
+        if self._send_clock is None:
+            self._send_clock = self._loop.call_later(self._limits.send_seconds, self._send_stalled)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._stop_send_clock()
+
+    def _stop_send_clock(self) -> None:
+        if self._send_clock is not None:
+            self._send_clock.cancel()
+            self._send_clock = None
+
+    def _send_stalled(self) -> None:
+        self._send_clock = None
+        if self.transport is not None:
+            log.info("client stopped reading the answer for %g s: reset", self._limits.send_seconds)
+            # abort, not close: close would wait for the buffer to drain, which is the problem.
+            self.transport.abort()
 
     def _stop_header_clock(self) -> None:
         if self._header_clock is not None:

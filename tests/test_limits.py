@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -215,6 +217,29 @@ async def dribble(port: int, start: bytes, more: bytes, pause: float = 0.1) -> A
         return Answer(await answered + await asyncio.wait_for(reader.read(), 5))
     finally:
         writer.close()
+
+
+async def test_a_client_that_stops_reading_the_answer_is_reset(
+    state_dir: Path, pki: DevPki
+) -> None:
+    """400 pipelined requests for /openapi.json (about 11 MB of answers), none of it read."""
+    async with gateway(state_dir, send_seconds=0.5) as port:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+        sock.connect(("127.0.0.1", port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        try:
+            request = b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n"
+            writer.write((request + b"\r\n") * 399 + request + b"Connection: close\r\n\r\n")
+            await asyncio.sleep(2.0)  # send_seconds, and more
+            received = 0
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := await asyncio.wait_for(reader.read(65536), 5):
+                    received += len(chunk)
+        finally:
+            writer.close()
+    # Each answer is over 28 kB: fewer than half of them arrived before the reset.
+    assert received < 200 * 28_000, f"{received} bytes arrived: the stalled connection was kept"
 
 
 async def _dribble_body(port: int, pause: float) -> tuple[Answer, float]:
