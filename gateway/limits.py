@@ -109,7 +109,7 @@ def limits_middleware(limits: ServerLimits) -> Middleware:
             response = _problem(
                 408,
                 "Verzoek te traag ontvangen",
-                f"The request body did not arrive within {limits.body_seconds:g} seconds; "
+                f"The request body did not arrive within {limits.body_seconds:g} s; "
                 "send it again over a faster connection.",
             )
             response.force_close()  # the rest of the body may still come: not a next request
@@ -120,7 +120,7 @@ def limits_middleware(limits: ServerLimits) -> Middleware:
             response = _problem(
                 503,
                 "Verzoek duurde te lang",
-                f"The request was not answered within {limits.request_seconds:g} seconds and "
+                f"The request was not answered within {limits.request_seconds:g} s and "
                 "was stopped; try again later.",
             )
             # A connection this slow is not worth keeping, nor the rest of its body waiting for.
@@ -244,7 +244,7 @@ class _Handler(RequestHandler):
         if isinstance(exc, HeadersTooSlow):
             title = "Verzoek te traag ontvangen"
             detail = (
-                f"The request headers did not arrive within {limits.header_seconds:g} seconds; "
+                f"The request headers did not arrive within {limits.header_seconds:g} s; "
                 "send the request again over a faster connection."
             )
         elif isinstance(exc, LineTooLong):
