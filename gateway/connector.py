@@ -27,7 +27,7 @@ from gateway.errors import SourceInvalid, SourceTimeout, SourceUnreachable, Veri
 from gateway.models import Contactoptie, Gegevens, Handtekeningvorm, Herkomst, Organisatie
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
-# The organisations' XML nests about ten deep (a SOAP envelope with a signature included);
+# The organisations' XML nests six (DUO) to eight (UWV, a SOAP envelope) elements deep;
 # recursive code further on (canonicalisation, mapping) must never meet thousands.
 DEFAULT_MAX_XML_DEPTH = 32
 
