@@ -46,8 +46,8 @@ DESCRIPTIONS: dict[str, str] = {
     "complete (slow-loris); later: 408 and the connection is closed",
     "limits.body_seconds": "seconds, once the headers are in, until the request body must be "
     "complete; later: 408 and the connection is closed",
-    "limits.request_seconds": "seconds one request may take in all, body and answer included; "
-    "later: 503. Must exceed deadline_seconds",
+    "limits.request_seconds": "seconds from a request's headers until its answer is ready, "
+    "reading the body included; later: 503. Must exceed deadline_seconds",
     "limits.idle_seconds": "an open connection without a request is closed after this many "
     "seconds; keep it above a load balancer's idle timeout",
     "limits.send_seconds": "a connection whose client stops taking our answer (the send "

@@ -38,8 +38,8 @@ class ServerLimits:
     """`[limits]`: bounds on what one request and one client may take.
 
     Header sizes go to aiohttp's parser. `header_seconds` runs from a request's first byte to its
-    last header byte, `body_seconds` from there to the body's last byte, `request_seconds` over
-    the whole handling; `idle_seconds` closes a connection that sends nothing (keep it longer
+    last header byte, `body_seconds` from there to the body's last byte, `request_seconds` until
+    the answer is ready; `idle_seconds` closes a connection that sends nothing (keep it longer
     than a load balancer's idle timeout); `send_seconds` resets one that stops taking our answer
     (a slow reader holds the answer in memory). `concurrent_per_client` counts requests in
     flight per peer address (a portal's back-end asks for many citizens at once: not too few).
