@@ -32,6 +32,7 @@ from gateway.documents import web as documents_web
 from gateway.documents.service import MEDIA_TYPES, DocumentService, WorkerSpec, negotiate
 from gateway.errors import ConfigError, DocumentUnavailable, MalformedRequest
 from gateway.fanout import Fanout
+from gateway.limits import limits_middleware
 from gateway.metrics import Metrics
 from gateway.openapi import served_bytes as openapi_bytes
 from gateway.schema import SCHEMA_FILE, schema_bytes
@@ -86,7 +87,8 @@ def create_app(settings: Settings, keys: KeyRing | None = None) -> web.Applicati
     )
     app = web.Application(
         client_max_size=settings.max_request_bytes,
-        middlewares=[_transaction_and_errors],
+        # The limits inside the error middleware: their answers get a transaction id too.
+        middlewares=[_transaction_and_errors, limits_middleware(settings.limits)],
     )
     app.on_response_prepare.append(_security_headers)
     app[SETTINGS] = settings

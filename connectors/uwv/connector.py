@@ -53,7 +53,7 @@ class UwvConnector:
         self._endpoint = settings.base_url.rstrip("/") + SERVICE_PATH
         trusted = load_certificate(settings.trust_cert)
         self._sleutel_id = certificate_key_id(trusted)
-        self._verifier = XmlSignatureVerifier(trusted, SIGNATURE_SHAPE)
+        self._verifier = XmlSignatureVerifier(trusted, SIGNATURE_SHAPE, settings.max_xml_depth)
 
     async def fetch(self, request: FetchRequest) -> SourceData:
         if self._tls is None:

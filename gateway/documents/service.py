@@ -34,7 +34,7 @@ from gateway.documents.devtsa import start_dev_tsa_process
 from gateway.documents.devtsa import stop as stop_dev_tsa
 from gateway.documents.layout import register_fonts
 from gateway.documents.pades import check_pades
-from gateway.documents.verify import DocumentTrust, Verdict, verify_file
+from gateway.documents.verify import DocumentTrust, Verdict, VerifyLimits, verify_file
 from gateway.errors import ConfigError, DocumentUnavailable
 from gateway.sign import KeyRing, SignedBundel
 
@@ -90,7 +90,11 @@ def document_trust(settings: Settings) -> DocumentTrust:
     # says so; that is clearer than refusing to verify anything.
     for problem in problems:
         log.warning("%s", problem)
-    return DocumentTrust(trust_roots(settings), connectors)
+    documents = settings.documents
+    limits = VerifyLimits(
+        documents.max_verify_bytes, documents.max_xml_depth, documents.max_pdf_pages
+    )
+    return DocumentTrust(trust_roots(settings), connectors, limits)
 
 
 def _crls(settings: Settings) -> tuple[bytes, ...]:

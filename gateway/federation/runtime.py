@@ -235,10 +235,15 @@ class Federation:
         else:
             assert entry.x509 is not None
             anchor = self._anchor(entry.x509.encode(), "pem")
+        limits = self.settings.federation
         settings = ConnectorSettings(
             organisatie=entry.organisatie,
             base_url=entry.url,
             trust_cert=anchor,
+            connect_timeout=limits.connect_timeout,
+            read_timeout=limits.read_timeout,
+            max_body_bytes=limits.max_body_bytes,
+            max_xml_depth=limits.max_xml_depth,
             options=options,
         )
         inner = connector_factory(entry.connector)(settings)
@@ -508,7 +513,7 @@ class Federation:
                 timeout=timeout,
                 allow_redirects=False,
             ) as response:
-                raw = await read_limited(response, 256 * 1024)
+                raw = await read_limited(response, self.settings.federation.brp_max_body_bytes)
                 if response.status != 200:
                     log.warning("BRP answered HTTP %s", response.status)
                     return ""

@@ -33,6 +33,13 @@ class FederationSettings:
     admin_jwks: Path | None = None
     brp_url: str | None = None
     brp_timeout: float = 2.0
+    brp_max_body_bytes: int = 256 * 1024
+    # What organisations that joined through the registry may cost, as `[organisations.*]`
+    # sets it for configured ones.
+    connect_timeout: float = 2.0
+    read_timeout: float = 5.0
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_xml_depth: int = 32
     connectors: tuple[str, ...] = ("generic", "gemeente")
     rate_portal_per_minute: int = 600
     rate_citizen_per_minute: int = 60
@@ -49,10 +56,17 @@ def parse_federation(table: Mapping[str, Any], mode: str) -> FederationSettings:
         portal_rate = int(table.get("rate_portal_per_minute", defaults.rate_portal_per_minute))
         citizen_rate = int(table.get("rate_citizen_per_minute", defaults.rate_citizen_per_minute))
         brp_timeout = float(table.get("brp_timeout", defaults.brp_timeout))
+        brp_max_body = int(table.get("brp_max_body_bytes", defaults.brp_max_body_bytes))
+        connect_timeout = float(table.get("connect_timeout", defaults.connect_timeout))
+        read_timeout = float(table.get("read_timeout", defaults.read_timeout))
+        max_body = int(table.get("max_body_bytes", defaults.max_body_bytes))
+        max_xml_depth = int(table.get("max_xml_depth", defaults.max_xml_depth))
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"[federation] has a setting that is not a number: {exc}") from exc
     if not 0.05 <= poll <= 3600:
         raise ConfigError("[federation] poll_seconds must be between 0.05 and 3600")
+    if min(connect_timeout, read_timeout, brp_timeout) <= 0 or min(max_body, max_xml_depth) < 1:
+        raise ConfigError("[federation] timeouts and size limits must be positive")
     if portal_rate < 1 or citizen_rate < 1:
         raise ConfigError("[federation] rate limits must be at least 1 per minute")
     connectors = table.get("connectors", defaults.connectors)
@@ -80,6 +94,11 @@ def parse_federation(table: Mapping[str, Any], mode: str) -> FederationSettings:
         admin_jwks=Path(str(admin)) if admin is not None else None,
         brp_url=str(brp_url).rstrip("/") if brp_url else None,
         brp_timeout=brp_timeout,
+        brp_max_body_bytes=brp_max_body,
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        max_body_bytes=max_body,
+        max_xml_depth=max_xml_depth,
         connectors=tuple(connectors),
         rate_portal_per_minute=portal_rate,
         rate_citizen_per_minute=citizen_rate,
