@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN = $(VENV)/bin
 
-.PHONY: demo test lint bench soak fuzz clean
+.PHONY: demo test lint bench soak slowloris fuzz clean
 
 demo: $(VENV)/.installed
 	$(BIN)/blauweknop up
@@ -31,6 +31,11 @@ bench: $(VENV)/.installed
 MINUTES ?= 10
 soak: $(VENV)/.installed
 	$(BIN)/python -m bench.soak --minutes $(MINUTES)
+
+# 500 slow-loris connections from a second process while ordinary requests go on
+# (docs/performance.md); `.venv/bin/python -m bench.slowloris --quick` for a short run.
+slowloris: $(VENV)/.installed
+	$(BIN)/python -m bench.slowloris
 
 # A long schemathesis run against the gateway's own OpenAPI description (docs/hostile-input.md).
 fuzz: $(VENV)/.installed

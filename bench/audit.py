@@ -35,7 +35,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from bench.fanout import closed_loop, wait_for
+from bench.fanout import closed_loop, process_cpu_seconds, wait_for
 from gateway.audit import EVENTS_TOPIC
 from gateway.audit.broker import start_broker
 from gateway.audit.stream import read_topic
@@ -50,14 +50,16 @@ CLIENTS = 16
 
 
 @contextlib.asynccontextmanager
-async def processes(commands: list[tuple[list[str], dict[str, str]]]) -> AsyncIterator[None]:
+async def processes(
+    commands: list[tuple[list[str], dict[str, str]]],
+) -> AsyncIterator[list[asyncio.subprocess.Process]]:
     blauweknop = str(Path(sys.executable).with_name("blauweknop"))
     procs = [
         await asyncio.create_subprocess_exec(blauweknop, *args, env=env, stdout=subprocess.DEVNULL)
         for args, env in commands
     ]
     try:
-        yield
+        yield procs
     finally:
         for proc in procs:
             proc.terminate()
@@ -109,7 +111,16 @@ async def run(quick: bool) -> dict[str, Any]:
     commands = [(["sandbox", "serve"], base), (["serve"], envs["on"]), (["serve"], envs["off"])]
     connector = aiohttp.TCPConnector(limit=256)
     try:
-        async with processes(commands), aiohttp.ClientSession(connector=connector) as session:
+        async with (
+            processes(commands) as procs,
+            aiohttp.ClientSession(connector=connector) as session,
+        ):
+            pids = {
+                "sandboxes": procs[0].pid,
+                "gateway_on": procs[1].pid,
+                "gateway_off": procs[2].pid,
+                "broker": broker.pid,
+            }
             for org in settings.organisations:
                 await wait_for(
                     f"{org.settings.base_url}/_sandbox/health", session, client_tls(org.settings)
@@ -132,6 +143,7 @@ async def run(quick: bool) -> dict[str, Any]:
             for mode in urls:
                 await closed_loop(CLIENTS, CLIENTS * 8, bundle_call(urls[mode]))  # warm up
             pair_ratios: list[float] = []
+            cpu_before = process_cpu_seconds(pids)
             for i in range(rounds):
                 # on-off, then off-on: a trend in the machine's load cancels out in pairs.
                 rates: dict[str, float] = {}
@@ -144,6 +156,19 @@ async def run(quick: bool) -> dict[str, Any]:
             for mode in urls:
                 report[f"bundles_per_s_{mode}"] = round(rounds * per_round / seconds[mode], 1)
                 report[f"rounds_per_s_{mode}"] = per_round_rates[mode]
+            # CPU time is what auditing really costs; unlike rates it hardly moves with other
+            # work on the machine. The relay and broker work of the "on" bundles is charged
+            # to them even when it happens during an "off" round.
+            cpu_after = process_cpu_seconds(pids)
+            bundles = rounds * per_round
+            per_mode = {"gateway_on": bundles, "gateway_off": bundles, "broker": bundles}
+            report["cpu_ms_per_bundle"] = {
+                name: round(
+                    (cpu_after[name] - cpu_before[name]) * 1000 / per_mode.get(name, 2 * bundles),
+                    2,
+                )
+                for name in pids
+            }
             report["ratio_on_off"] = round(
                 report["bundles_per_s_on"] / report["bundles_per_s_off"], 3
             )

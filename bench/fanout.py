@@ -41,20 +41,29 @@ GATEWAY_PORT = 18080
 SANDBOX_BASE_PORT = 19101
 
 
+def _ticks(path: str) -> float:
+    # utime and stime are fields 14 and 15 of /proc/.../stat, counted in clock ticks.
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """CPU time (user + system) used so far by each process."""
+    return {name: _ticks(f"/proc/{pid}/stat") for name, pid in pids.items()}
+
+
 def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
-    """CPU time (user + system) used so far by each process, and by this load generator.
+    """CPU time used so far by each process, and by this load generator.
 
     Also the gateway's main thread alone: its event loop is what one gateway process can do
     at most one core of, whatever its worker threads add beside it.
     """
-    used = {"load_generator": time.process_time()}
-    stats = {name: f"/proc/{pid}/stat" for name, pid in pids.items()}
-    stats["gateway_event_loop"] = f"/proc/{pids['gateway']}/task/{pids['gateway']}/stat"
-    for name, path in stats.items():
-        # utime and stime are fields 14 and 15, counted in clock ticks.
-        fields = Path(path).read_text().rsplit(")", 1)[1].split()
-        used[name] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return used
+    gateway = pids["gateway"]
+    return {
+        "load_generator": time.process_time(),
+        **process_cpu_seconds(pids),
+        "gateway_event_loop": _ticks(f"/proc/{gateway}/task/{gateway}/stat"),
+    }
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -185,7 +185,7 @@ def evaluate(samples: Samples, capacity: float, rate: float, minutes: float) -> 
     fds_first = statistics.median(f for _, f in res_first)
     fds_last = statistics.median(f for _, f in res_last)
     p99_first, p99_last = percentile(first, 99), percentile(last, 99)
-    report = {
+    report: dict[str, Any] = {
         "minutes": minutes,
         "capacity_per_s": round(capacity, 1),
         "rate_per_s": round(rate, 1),

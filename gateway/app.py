@@ -24,6 +24,7 @@ from gateway.audit.archive import ArchivistPublicKey, IssuedDocument
 from gateway.audit.kafka import producer_options
 from gateway.audit.relay import Relay
 from gateway.bodies import read_form
+from gateway.browser_security import harden, strict_csp
 from gateway.bsn import is_bsn
 from gateway.bundle import BundleIssuer
 from gateway.config import Settings, connector_factory, load_keys
@@ -31,6 +32,7 @@ from gateway.documents import web as documents_web
 from gateway.documents.service import MEDIA_TYPES, DocumentService, WorkerSpec, negotiate
 from gateway.errors import ConfigError, DocumentUnavailable, MalformedRequest
 from gateway.fanout import Fanout
+from gateway.limits import limits_middleware
 from gateway.metrics import Metrics
 from gateway.openapi import served_bytes as openapi_bytes
 from gateway.schema import SCHEMA_FILE, schema_bytes
@@ -65,10 +67,7 @@ READINESS_TIMEOUT = 2.0
 
 JOSE = "application/jose"
 JSON = "application/json"
-_CSP = (
-    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
-    "base-uri 'none'; frame-ancestors 'none'"
-)
+_CSP = strict_csp()
 
 
 def problem(status: int, title: str, detail: str) -> web.Response:
@@ -88,7 +87,8 @@ def create_app(settings: Settings, keys: KeyRing | None = None) -> web.Applicati
     )
     app = web.Application(
         client_max_size=settings.max_request_bytes,
-        middlewares=[_transaction_and_errors],
+        # The limits inside the error middleware: their answers get a transaction id too.
+        middlewares=[_transaction_and_errors, limits_middleware(settings.limits)],
     )
     app.on_response_prepare.append(_security_headers)
     app[SETTINGS] = settings
@@ -181,8 +181,14 @@ async def _audit_relay(app: web.Application) -> AsyncIterator[None]:
         yield
         return
     producer_options(kafka)  # bad TLS or SASL files stop the start, not the relay later
-    relay = Relay(app[AUDIT].store, kafka, app[METRICS])
+    relay = Relay(
+        app[AUDIT].store,
+        kafka,
+        app[METRICS],
+        keep_sent_seconds=app[SETTINGS].outbox_keep_sent_seconds,
+    )
     app[RELAY] = relay
+    app[READINESS_CHECKS]["audit_relay"] = _relay_ready
     relay.start()
     try:
         yield
@@ -246,25 +252,39 @@ async def _transaction_and_errors(request: web.Request, handler: Handler) -> web
         response = problem(exc.status, exc.reason, _DETAILS.get(exc.status, exc.reason))
         if "Allow" in exc.headers:  # RFC 9110 §15.5.6: a 405 names the methods there are
             response.headers["Allow"] = exc.headers["Allow"]
-    except Exception:
-        log.exception("unhandled error")
-        response = problem(500, "Interne fout", f"Something went wrong; quote transaction id {tx}.")
+    except Exception as exc:
+        if isinstance(exc, ConnectionResetError) and _client_gone(request):
+            # The client left while we read its request (a slow body given up, a closed tab):
+            # nothing is wrong here and nobody reads the answer. Not an error with a traceback,
+            # which an attacker could otherwise write into the log at will (bench/slowloris.py).
+            log.info("the client went away before its request was read")
+            response = problem(400, "Verbinding verbroken", "The connection was lost.")
+        else:
+            log.exception("unhandled error")
+            response = problem(
+                500, "Interne fout", f"Something went wrong; quote transaction id {tx}."
+            )
     finally:
         logs.transaction_id.reset(token)
     response.headers["X-Transactie-Id"] = tx
     return response
 
 
+def _client_gone(request: web.Request) -> bool:
+    # An organisation's connection reset raises a ConnectionResetError too (aiohttp's client
+    # errors subclass it); only the browser's own closed connection is the client leaving.
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
     """On every response, also the problem details the error middleware makes and redirects.
 
-    A handler's own value wins (the consent page's CSP names the portal). The Server header
-    names no software or version: that only helps an attacker pick an exploit.
+    A handler's own value wins (the consent page's CSP names the portal). HSTS in every mode:
+    see gateway/browser_security.py. The Server header names no software or version: that only
+    helps an attacker pick an exploit.
     """
-    response.headers.setdefault("Content-Security-Policy", _CSP)
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("Referrer-Policy", "no-referrer")
-    response.headers.setdefault("Cache-Control", "no-store")
+    harden(response, _CSP)
     response.headers["Server"] = "Blauwe Knop"
 
 
@@ -298,6 +318,15 @@ async def _store_ready(app: web.Application) -> str | None:
     except StoreUnavailable as exc:
         return str(exc)
     return None
+
+
+async def _relay_ready(app: web.Application) -> str | None:
+    """The relay's task runs, leading or standing by: a standby replica serves like any other.
+
+    Kafka itself is no readiness check: while it is away every replica is equally affected,
+    and the outbox keeps the evidence (the store check covers that), so traffic stays.
+    """
+    return None if app[RELAY].running else "the audit relay has stopped"
 
 
 async def _client_ready(app: web.Application) -> str | None:

@@ -11,18 +11,24 @@ from __future__ import annotations
 import importlib
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
 from gateway.assurance import BSN_SUB_ID_TYPE, DEFAULT_ACR_MAPPING, EIDAS_LEVELS, EIDAS_SUBSTANTIAL
-from gateway.connector import ConnectorFactory, ConnectorSettings
-from gateway.errors import ConfigError
+from gateway.connector import (
+    DEFAULT_MAX_XML_DEPTH,
+    Connector,
+    ConnectorFactory,
+    ConnectorSettings,
+)
+from gateway.errors import BlauweKnopError, ConfigError
 from gateway.fanout import BreakerSettings
 from gateway.federation.settings import FederationSettings, parse_federation
 from gateway.hsm import Pkcs11Config
+from gateway.limits import ServerLimits
 from gateway.models import Contactoptie, Organisatie
 from gateway.pki import DevPki
 from gateway.sign import KeyRing
@@ -73,6 +79,8 @@ class DocumentSettings:
     workers: int = 2
     public_url: str | None = None
     max_verify_bytes: int = 20 * 1024 * 1024
+    max_xml_depth: int = 32  # deepest element nesting in an XML file handed in for verification
+    max_pdf_pages: int = 100  # most pages in a PDF handed in for verification
     warm_up: bool | None = None  # start the workers at start-up; default: in production only
     niceness: int = 10  # CPU priority of the workers below the event loop (os.nice)
 
@@ -196,6 +204,7 @@ class CheckpointConfig:
     every_events: int = 1000
     every_seconds: float = 10.0
     group_id: str = "blauweknop-checkpointer"
+    metrics_port: int = 9464  # the checkpointer's /metrics (on `host`); 0: any free port
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +266,8 @@ class Settings:
     kafka: KafkaConfig | None = None
     # Benchmarks only: bundles go out without audit events. Refused outside sandbox mode.
     audit_disabled_for_benchmark: bool = False
+    # How long the outbox keeps records Kafka has acknowledged before the relay deletes them.
+    outbox_keep_sent_seconds: float = 3600.0
     log_level: str = "INFO"
     sandbox_host: str = "127.0.0.1"
     sandbox_base_port: int = 9101
@@ -270,6 +281,8 @@ class Settings:
     # The organisation registry, BRP, policies and rate limits (docs/federation.md).
     federation: FederationSettings = field(default_factory=FederationSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
+    # What one request and one client may cost: header size, time, concurrency (gateway.limits).
+    limits: ServerLimits = field(default_factory=ServerLimits)
     # Seconds a stopping gateway gives in-flight requests before it closes (SIGTERM).
     shutdown_grace_seconds: float = 10.0
     # Seconds /readyz answers 503 before the listener closes, so load balancers move away first.
@@ -319,6 +332,25 @@ def connector_factory(name: str) -> ConnectorFactory:
             return cast(ConnectorFactory, ep.load())
     known = sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
     raise ConfigError(f"no connector named {name!r}; installed connectors: {known}")
+
+
+def verification_connectors(settings: Settings) -> tuple[dict[str, Connector], list[str]]:
+    """Each configured organisation's connector, set up only to re-check its signatures.
+
+    An auditor holds the organisations' signing certificates, not the gateway's client keys
+    or secrets, so none of those are loaded. Returns the connectors by code, and a problem per
+    organisation that could not be set up (its sources then show as "not checked").
+    """
+    connectors: dict[str, Connector] = {}
+    problems: list[str] = []
+    for org in settings.organisations:
+        try:
+            connector = connector_factory(org.connector)(replace(org.settings, verify_only=True))
+        except (BlauweKnopError, OSError, ValueError) as exc:
+            problems.append(f"cannot check {org.connector}'s signatures: {exc}")
+            continue
+        connectors[connector.organisatie.code] = connector
+    return connectors, problems
 
 
 def connector_defaults(name: str) -> tuple[Organisatie, tuple[Contactoptie, ...]]:
@@ -391,6 +423,7 @@ def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
         kafka=kafka_config(_table(data, "kafka")),
         checkpoints=checkpoint_config(audit),
         audit_disabled_for_benchmark=_bool(audit, "disabled_for_benchmark", False),
+        outbox_keep_sent_seconds=_non_negative(audit, "outbox_keep_sent_seconds", 3600.0),
         log_level=_str(data, "log_level", "INFO"),
         sandbox_host=sandbox_host,
         sandbox_base_port=sandbox_base_port,
@@ -408,16 +441,53 @@ def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
             workers=_int(documents, "workers", 2),
             public_url=str(documents["public_url"]) if documents.get("public_url") else None,
             max_verify_bytes=_int(documents, "max_verify_bytes", 20 * 1024 * 1024),
+            max_xml_depth=_int(documents, "max_xml_depth", 32),
+            max_pdf_pages=_int(documents, "max_pdf_pages", 100),
             niceness=_int(documents, "niceness", 10),
             warm_up=_bool(documents, "warm_up", False) if "warm_up" in documents else None,
         ),
         store=_store(_table(data, "store")),
         shutdown_grace_seconds=_float(data, "shutdown_grace_seconds", 10.0),
         shutdown_drain_seconds=_float(data, "shutdown_drain_seconds", 0.0),
+        limits=_limits(_table(data, "limits"), _float(data, "deadline_seconds", 5.0)),
     )
+    if settings.documents.max_xml_depth < 1 or settings.documents.max_pdf_pages < 1:
+        raise ConfigError("[documents] max_xml_depth and max_pdf_pages must be at least 1")
+    if any(o.settings.max_xml_depth < 1 for o in settings.organisations):
+        raise ConfigError("[organisations.<name>] max_xml_depth must be at least 1")
     if mode == "production":
         _check_production(settings)
     return settings
+
+
+def _limits(table: Mapping[str, Any], deadline_seconds: float) -> ServerLimits:
+    """`[limits]`; each must be positive, and a request must outlast the fan-out deadline."""
+    d = ServerLimits()
+    limits = ServerLimits(
+        max_line_bytes=_int(table, "max_line_bytes", d.max_line_bytes),
+        max_field_bytes=_int(table, "max_field_bytes", d.max_field_bytes),
+        max_headers=_int(table, "max_headers", d.max_headers),
+        header_seconds=_float(table, "header_seconds", d.header_seconds),
+        body_seconds=_float(table, "body_seconds", d.body_seconds),
+        request_seconds=_float(table, "request_seconds", d.request_seconds),
+        idle_seconds=_float(table, "idle_seconds", d.idle_seconds),
+        send_seconds=_float(table, "send_seconds", d.send_seconds),
+        concurrent_per_client=_int(table, "concurrent_per_client", d.concurrent_per_client),
+    )
+    for f in fields(limits):
+        if getattr(limits, f.name) <= 0:
+            raise ConfigError(f"[limits] {f.name} must be positive")
+    if limits.max_line_bytes < 1024 or limits.max_field_bytes < 1024:
+        raise ConfigError(
+            "[limits] max_line_bytes and max_field_bytes must be at least 1024: DPoP proofs "
+            "and session cookies are headers of several hundred bytes"
+        )
+    if limits.request_seconds <= deadline_seconds:
+        raise ConfigError(
+            f"[limits] request_seconds ({limits.request_seconds:g}) must be longer than "
+            f"deadline_seconds ({deadline_seconds:g}), or no bundle request could finish"
+        )
+    return limits
 
 
 def _signing(data: Mapping[str, Any]) -> SigningConfig:
@@ -517,7 +587,10 @@ def checkpoint_config(audit: Mapping[str, Any]) -> CheckpointConfig:
         every_events=_int(audit, "checkpoint_every_events", 1000),
         every_seconds=_float(audit, "checkpoint_every_seconds", 10.0),
         group_id=_str(audit, "checkpointer_group", "blauweknop-checkpointer"),
+        metrics_port=_int(audit, "checkpointer_metrics_port", 9464),
     )
+    if not 0 <= config.metrics_port <= 65535:
+        raise ConfigError("[audit] checkpointer_metrics_port must be between 0 and 65535")
     if not 1 <= config.every_events <= 100_000:
         raise ConfigError("[audit] checkpoint_every_events must be between 1 and 100000")
     if not 0.1 <= config.every_seconds <= 3600:
@@ -599,6 +672,7 @@ def _organisation(name: str, entry: Mapping[str, Any]) -> OrganisationConfig:
             connect_timeout=_float(entry, "connect_timeout", 2.0),
             read_timeout=_float(entry, "read_timeout", 5.0),
             max_body_bytes=_int(entry, "max_body_bytes", 8 * 1024 * 1024),
+            max_xml_depth=_int(entry, "max_xml_depth", DEFAULT_MAX_XML_DEPTH),
             client_cert=path("client_cert"),
             client_key=path("client_key"),
             ca_cert=path("ca_cert"),
@@ -700,6 +774,13 @@ def _float(data: Mapping[str, Any], key: str, default: float) -> float:
         return float(data.get(key, default))
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"setting {key!r} must be a number") from exc
+
+
+def _non_negative(data: Mapping[str, Any], key: str, default: float) -> float:
+    value = _float(data, key, default)
+    if not 0 <= value < float("inf"):
+        raise ConfigError(f"setting {key!r} must be a number of seconds, 0 or more")
+    return value
 
 
 _WEAK_ALGS = frozenset({"none", "HS256", "HS384", "HS512"})

@@ -38,6 +38,22 @@ DESCRIPTIONS: dict[str, str] = {
     "the store is flushed and closed (at least deadline_seconds + 1 is used)",
     "shutdown_drain_seconds": "on SIGTERM, how long /readyz answers 503 before the listener "
     "closes, so load balancers stop sending first (Kubernetes: 5)",
+    "limits.max_line_bytes": "longest request line (method, path, query) accepted; longer: 431",
+    "limits.max_field_bytes": "longest single header line accepted (at least 1024; DPoP proofs "
+    "and cookies are several hundred bytes); longer: 431",
+    "limits.max_headers": "most header lines in one request; more: 400",
+    "limits.header_seconds": "from a request's first byte, seconds until its headers must be "
+    "complete (slow-loris); later: 408 and the connection is closed",
+    "limits.body_seconds": "seconds, once the headers are in, until the request body must be "
+    "complete; later: 408 and the connection is closed",
+    "limits.request_seconds": "seconds from a request's headers until its answer is ready, "
+    "reading the body included; later: 503. Must exceed deadline_seconds",
+    "limits.idle_seconds": "an open connection without a request is closed after this many "
+    "seconds; keep it above a load balancer's idle timeout",
+    "limits.send_seconds": "a connection whose client stops taking our answer (the send "
+    "buffer stays full) this many seconds is reset",
+    "limits.concurrent_per_client": "requests one peer address may have in progress at once; "
+    "more: 429. Behind a proxy every client shares its address: raise it there",
     "uitgever.oin": "the OIN of the organisation that runs the gateway and seals bundles",
     "uitgever.code": "its short code in bundles",
     "uitgever.naam": "its name in bundles",
@@ -53,6 +69,8 @@ DESCRIPTIONS: dict[str, str] = {
     "document is archived HPKE-encrypted to it; required in production",
     "audit.disabled_for_benchmark": "sandbox benchmarks only: no audit records (refused in "
     "production)",
+    "audit.outbox_keep_sent_seconds": "how long the outbox keeps events Kafka acknowledged "
+    "(a window to replay them should the cluster lose them) before the relay deletes them",
     "audit.origin": "the Merkle log's origin line (default: `<uitgever OIN>/blauweknop/audit`)",
     "audit.checkpoint_key_file": "Ed25519 private key (PEM) that signs checkpoints "
     "(checkpointer only; sandbox: made on first use)",
@@ -60,6 +78,8 @@ DESCRIPTIONS: dict[str, str] = {
     "audit.checkpoint_every_events": "a checkpoint after at most this many new events",
     "audit.checkpoint_every_seconds": "a checkpoint after at most this many seconds",
     "audit.checkpointer_group": "Kafka consumer group that keeps one checkpointer active",
+    "audit.checkpointer_metrics_port": "port of the checkpointer's `/metrics` and `/healthz` "
+    "(on `host`; 0: any free port, printed at start)",
     "audit.tsa_url": "RFC 3161 time-stamping authority for checkpoints",
     "audit.tsa_ca_file": "CA certificate(s) (PEM) the checkpoint TSA must chain to",
     "audit.tsa_cert_file": "optional: pin the checkpoint TSA's own certificate (PEM)",
@@ -73,15 +93,33 @@ DESCRIPTIONS: dict[str, str] = {
     "documents.workers": "processes that make and verify PDF and XML documents",
     "documents.niceness": "CPU priority of those processes below the event loop",
     "documents.public_url": "the gateway's address printed in the PDF (its `/verifieer` page)",
-    "documents.max_verify_bytes": "largest file accepted by `POST /v1/verify`",
+    "documents.max_verify_bytes": "largest file accepted for verification (`POST /v1/verify`, "
+    "`/verifieer`, `blauweknop verify`)",
+    "documents.max_xml_depth": "deepest element nesting in an XML file (or PDF attachment) "
+    "handed in for verification; DTDs and entities are always refused",
+    "documents.max_pdf_pages": "most pages in a PDF handed in for verification",
     "documents.warm_up": "start the document processes at start-up (default: in production)",
     "federation.admin_jwks": "the federation administrators' public keys (JWKS file); without "
     "it in production nobody can approve an organisation",
     "federation.brp_url": "the population register (Haal Centraal BRP) that names a citizen's "
     "municipality",
     "federation.brp_timeout": "seconds to wait for the BRP",
+    "federation.connect_timeout": "seconds to connect to an organisation that joined through "
+    "the registry",
+    "federation.read_timeout": "seconds to wait for its answer; later: `time-out` in the bundle",
+    "federation.max_body_bytes": "largest answer accepted from it; larger: `ongeldig`",
+    "federation.max_xml_depth": "deepest XML nesting accepted from it (XML connectors)",
+    "federation.brp_max_body_bytes": "largest BRP answer accepted; larger, or later than "
+    "brp_timeout: no municipality is asked",
     "federation.connectors": "connector types registered organisations may use",
     "federation.poll_seconds": "how often a running gateway looks for registry changes",
+    "federation.mtls_port": "port of the registry's mTLS listener, where organisations send "
+    "requests authenticated by their client certificate (unset: off; 0: any free port)",
+    "federation.mtls_cert": "the mTLS listener's server certificate chain (PEM); required with "
+    "mtls_port in production (sandbox: development PKI)",
+    "federation.mtls_key": "the mTLS listener's private key (PEM)",
+    "federation.mtls_client_ca": "CA certificates (PEM) client certificates must chain to, e.g. "
+    "the PKIoverheid roots (sandbox: the development root)",
     "federation.rate_citizen_per_minute": "bundle requests per citizen per minute",
     "federation.rate_portal_per_minute": "bundle requests per portal per minute",
     "kafka.bootstrap_servers": "the audit stream's Kafka brokers (`host:port`, comma "
@@ -144,7 +182,10 @@ DESCRIPTIONS: dict[str, str] = {
     "answers must verify against it",
     f"organisations.{ORG}.connect_timeout": "seconds to connect",
     f"organisations.{ORG}.read_timeout": "seconds to wait for the answer",
-    f"organisations.{ORG}.max_body_bytes": "largest answer accepted",
+    f"organisations.{ORG}.max_body_bytes": "largest answer accepted; larger: the source is "
+    "`ongeldig` in the bundle",
+    f"organisations.{ORG}.max_xml_depth": "deepest element nesting accepted in an XML answer "
+    "(DUO, UWV); DTDs and entities are always refused",
     f"organisations.{ORG}.client_cert": "client certificate (PEM) for two-sided TLS",
     f"organisations.{ORG}.client_key": "its private key (PEM); mount as a secret",
     f"organisations.{ORG}.ca_cert": "CA certificate (PEM) the organisation's TLS server "

@@ -23,10 +23,19 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from lxml import etree
 
 from gateway import jws
-from gateway.errors import SourceInvalid, SourceTimeout, SourceUnreachable, VerificationError
+from gateway.errors import (
+    ConfigError,
+    SourceInvalid,
+    SourceTimeout,
+    SourceUnreachable,
+    VerificationError,
+)
 from gateway.models import Contactoptie, Gegevens, Handtekeningvorm, Herkomst, Organisatie
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+# The organisations' XML nests six (DUO) to eight (UWV, a SOAP envelope) elements deep;
+# recursive code further on (canonicalisation, mapping) must never meet thousands.
+DEFAULT_MAX_XML_DEPTH = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,10 +48,14 @@ class ConnectorSettings:
     connect_timeout: float = 2.0
     read_timeout: float = 5.0
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_xml_depth: int = DEFAULT_MAX_XML_DEPTH
     client_cert: Path | None = None
     client_key: Path | None = None
     ca_cert: Path | None = None
     options: Mapping[str, str] = field(default_factory=dict)
+    # Set up only to check signatures (an auditor re-verifying sources): no credentials such as
+    # client keys or secrets are needed or loaded, and `fetch` is refused.
+    verify_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +85,14 @@ class Connector(Protocol):
 
 
 ConnectorFactory = Callable[[ConnectorSettings], Connector]
+
+
+def verify_only_error(organisatie: Organisatie) -> ConfigError:
+    """What a connector set up with `verify_only` raises when it is asked to fetch anyway."""
+    return ConfigError(
+        f"the {organisatie.naam} connector is set up to verify signatures only (no credentials "
+        "loaded); it cannot fetch"
+    )
 
 
 def load_certificate(path: Path) -> x509.Certificate:
@@ -158,8 +179,19 @@ def _safe_parser() -> etree.XMLParser:
     )
 
 
-def parse_xml(data: bytes) -> etree._Element:
-    """Parse outside XML strictly: no DTD (so no entity expansion, no network), no comments."""
+def xml_deeper_than(root: etree._Element, max_depth: int) -> bool:
+    """Whether elements nest more than `max_depth` deep (the root is depth 1).
+
+    One XPath step per level, evaluated by libxml2: linear in the document, no Python loop.
+    """
+    return bool(root.xpath("boolean(" + "/*" * (max_depth + 1) + ")"))
+
+
+def parse_xml(data: bytes, max_depth: int = DEFAULT_MAX_XML_DEPTH) -> etree._Element:
+    """Parse outside XML strictly: no DTD (so no entity expansion, no network), no comments.
+
+    libxml2 itself stops at 256 levels (`huge_tree` off); `max_depth` is the tighter bound.
+    """
     try:
         tree = etree.fromstring(data, parser=_safe_parser()).getroottree()
     except etree.XMLSyntaxError as exc:
@@ -167,7 +199,10 @@ def parse_xml(data: bytes) -> etree._Element:
     # Any DOCTYPE, internal or external, shows up as an internal DTD object here.
     if tree.docinfo.internalDTD is not None:
         raise SourceInvalid("XML with a DOCTYPE is refused")
-    return tree.getroot()
+    root = tree.getroot()
+    if xml_deeper_than(root, max_depth):
+        raise SourceInvalid(f"XML nested deeper than {max_depth} elements is refused")
+    return root
 
 
 def verify_source_jws(raw: bytes, cert: x509.Certificate) -> bytes:

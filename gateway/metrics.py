@@ -80,3 +80,57 @@ class Metrics:
             "1 while the audit relay has a working connection to Kafka.",
             registry=self.registry,
         )
+        self.audit_relay_leader = Gauge(
+            "blauweknop_audit_relay_leader",
+            "1 while this replica's relay is the one that publishes the outbox (one across "
+            "replicas); 0 while it stands by.",
+            registry=self.registry,
+        )
+
+
+class CheckpointerMetrics:
+    """The checkpointer's own metrics (`blauweknop audit checkpointer`, its own /metrics)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.last_timestamp = Gauge(
+            "blauweknop_audit_checkpoint_last_timestamp_seconds",
+            "RFC 3161 time (Unix) of the newest signed checkpoint, published by this "
+            "checkpointer or found on the topic when it became active.",
+            registry=self.registry,
+        )
+        self.tree_size = Gauge(
+            "blauweknop_audit_checkpoint_tree_size",
+            "Tree size (events covered) of the newest signed checkpoint.",
+            registry=self.registry,
+        )
+        self.pending = Gauge(
+            "blauweknop_audit_checkpoint_pending_events",
+            "Events read from the topic but not yet covered by a checkpoint.",
+            registry=self.registry,
+        )
+        self.published = Counter(
+            "blauweknop_audit_checkpoints_published",
+            "Checkpoints signed, time-stamped and acknowledged by Kafka.",
+            registry=self.registry,
+        )
+        self.failures = Counter(
+            "blauweknop_audit_checkpoint_failures",
+            "Failures by stage: `timestamp` (the TSA; retried), `publish` and `read` (Kafka; "
+            "the checkpointer exits and is restarted).",
+            ["stage"],
+            registry=self.registry,
+        )
+        for stage in ("timestamp", "publish", "read"):
+            self.failures.labels(stage)  # exported as 0 from the start, so rate() works
+        self.active = Gauge(
+            "blauweknop_audit_checkpointer_active",
+            "1 while this checkpointer holds the events partition (the one that signs).",
+            registry=self.registry,
+        )
+        self.tsa_not_after = Gauge(
+            "blauweknop_audit_tsa_certificate_not_after_seconds",
+            "When the certificate of the TSA that signed the newest checkpoint's time-stamp "
+            "expires (Unix time); without a valid TSA no checkpoint is published.",
+            registry=self.registry,
+        )

@@ -45,6 +45,8 @@ class Identity:
 STANDARD_IDENTITIES: tuple[tuple[str, KeyType, Usage], ...] = (
     ("gateway-client", "ec", "tls-client"),
     ("uwv-server", "ec", "tls-server"),
+    # The gateway's registry mTLS listener ([federation] mtls_port), sandbox mode only.
+    ("gateway-server", "ec", "tls-server"),
     ("duo-sign", "rsa", "sign"),
     ("uwv-sign", "rsa", "sign"),
     ("cak-sign", "ec", "sign"),

@@ -18,6 +18,7 @@ from gateway.audit.broker import EmbeddedBroker, start_broker
 from gateway.audit.checkpointer import demo_checkpointing
 from gateway.audit.cli import demo_address_file
 from gateway.config import SANDBOX_ORGS, Settings
+from gateway.limits import serve_gateway
 
 
 async def wait_for_stop() -> None:
@@ -97,8 +98,9 @@ async def run_gateway(settings: Settings, *, with_sandboxes: bool) -> None:
     # up to shutdown_grace_seconds to finish, and the app's cleanup flushes the outbox and closes
     # the store. In-flight bundles are bounded by the fan-out deadline.
     gateway_app = create_app(settings)
-    runner, port = await serve_app(
+    runner, port = await serve_gateway(
         gateway_app,
+        settings.limits,
         host=settings.host,
         port=settings.port,
         shutdown_timeout=max(settings.shutdown_grace_seconds, settings.deadline_seconds + 1),

@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 from lxml import etree
 
-from gateway.connector import parse_xml
+from gateway.connector import DEFAULT_MAX_XML_DEPTH, parse_xml
 from gateway.errors import SourceInvalid
 
 # The binding's stubs give the type of its transform constants only a private name.
@@ -89,7 +89,9 @@ class SignedDocument:
 class XmlSignatureVerifier:
     """Checks one protocol's XML-DSig signatures against one pinned certificate."""
 
-    def __init__(self, cert: x509.Certificate, shape: SignatureShape) -> None:
+    def __init__(
+        self, cert: x509.Certificate, shape: SignatureShape, max_depth: int = DEFAULT_MAX_XML_DEPTH
+    ) -> None:
         public_key = cert.public_key()
         if not isinstance(public_key, rsa.RSAPublicKey):
             raise ValueError("the pinned certificate must carry an RSA key (RSA-SHA256)")
@@ -106,11 +108,12 @@ class XmlSignatureVerifier:
             xmlsec.constants.KeyDataFormatPem,
         )
         self._shape = shape
+        self._max_depth = max_depth
         self._transforms = [t.href for t in shape.transforms]
 
     def verify(self, raw: bytes) -> SignedDocument:
         """Parse `raw` strictly and verify its signature; raise SourceInvalid if anything is off."""
-        root = parse_xml(raw)
+        root = parse_xml(raw, self._max_depth)
         signature = self._signature(root)
         context = xmlsec.SignatureContext()
         context.key = self._key

@@ -12,11 +12,12 @@ import orjson
 import pytest
 from aiohttp import web
 
-from connectors._sandbox.runner import RunningSandbox, serve_app
+from connectors._sandbox.runner import RunningSandbox
 from gateway.app import create_app
 from gateway.audit.broker import EmbeddedBroker, start_broker
 from gateway.config import Settings, sandbox_organisation_table, settings_from_mapping
 from gateway.connector import client_tls
+from gateway.limits import serve_gateway
 from gateway.pki import DevPki
 from gateway.serve import start_sandboxes
 from tests.postgres import PostgresServer
@@ -93,7 +94,7 @@ async def start_stack(
         }
     )
     app = create_app(settings)
-    runner, port = await serve_app(app)
+    runner, port = await serve_gateway(app, settings.limits)
     session = aiohttp.ClientSession()
     stack = Stack(f"http://127.0.0.1:{port}", replace(settings, port=port), app, sandboxes, session)
     return stack, [runner, *(s.runner for s in sandboxes.values())]

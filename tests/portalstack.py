@@ -90,7 +90,9 @@ def write_policies(target: Path, test_key: ClientKey, other_key: ClientKey) -> P
     """The repository's policies plus the two test portals."""
     shutil.copytree(DEFAULT_POLICIES_DIR, target, dirs_exist_ok=True)
 
-    def portal(name: str, key: ClientKey, redirect: str, purposes: list[str], scopes: list[str]):
+    def portal(
+        name: str, key: ClientKey, redirect: str, purposes: list[str], scopes: list[str]
+    ) -> None:
         jwks = orjson.dumps(jwks_document(key)).decode()
         (target / "portals" / f"{name}.toml").write_text(
             f'client_id = "{name}"\nnaam = "{name}"\nredirect_uris = ["{redirect}"]\n'

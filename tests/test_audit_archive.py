@@ -35,6 +35,7 @@ from tests.conftest import Stack, start_stack
 
 EVERYWHERE = "999990020"  # Citlali Bakker: data at all four organisations
 MANY_DEBTS = "999990032"
+LONG_HISTORY = "999990068"  # more than 500 events
 
 
 @dataclass(frozen=True)
@@ -135,8 +136,16 @@ def _env(world: World, broker: EmbeddedBroker | None = None) -> dict[str, str]:
 async def test_reproduce_gives_the_issued_bytes_with_verified_signatures(
     world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # An earlier transaction: many others were issued after it.
-    for earlier in (world.issued[0], world.issued[1]):
+    # The auditor holds the organisations' signing certificates, but none of the gateway's
+    # credentials for reaching them: no UWV client key, no CAK client secret.
+    missing = str(tmp_path / "not-given")
+    auditor = {
+        "BLAUWEKNOP_ORGANISATIONS__UWV__CLIENT_CERT": missing,
+        "BLAUWEKNOP_ORGANISATIONS__UWV__CLIENT_KEY": missing,
+        "BLAUWEKNOP_ORGANISATIONS__CAK__OPTIONS__CLIENT_SECRET_FILE": missing,
+    }
+    # Earlier transactions: many others were issued after them.
+    for earlier, env in ((world.issued[0], _env(world)), (world.issued[1], _env(world) | auditor)):
         out_dir = tmp_path / earlier.transactie_id
         code, out, err = await blauweknop(
             [
@@ -148,7 +157,7 @@ async def test_reproduce_gives_the_issued_bytes_with_verified_signatures(
                 "-o",
                 str(out_dir),
             ],
-            _env(world),
+            env,
             monkeypatch,
         )
         assert code == 0, err
@@ -458,15 +467,18 @@ async def test_a_document_too_large_for_kafka_is_not_released(
     }
     stack, runners = await start_stack(state_dir, pki, kafka=kafka)
     try:
+        # Text is archived compressed and fits in 64 KiB; a PDF (~120 KB) is not compressible.
         async with stack.session.post(
-            f"{stack.url}/v1/sandbox/bundel", json={"bsn": EVERYWHERE}
+            f"{stack.url}/v1/sandbox/bundel",
+            json={"bsn": LONG_HISTORY},
+            headers={"Accept": "application/pdf"},
         ) as response:
             assert response.status == 500
             assert response.content_type == "application/problem+json"
             body = await response.read()
             refused = response.headers["X-Transactie-Id"]
         assert b"financiele_zaken" not in body
-        assert EVERYWHERE.encode() not in body
+        assert LONG_HISTORY.encode() not in body
         small = await _download(stack, "999990007")  # Anna de Vries: no data anywhere
         await _published(broker, {small.transactie_id}, within=30)
     finally:

@@ -3,7 +3,8 @@
 `_Hpke` below is a second implementation of RFC 9180 base mode written from the RFC with plain
 primitives (X25519, HMAC-SHA256, AES-GCM). It reproduces the RFC's own test vector, decrypts
 what the gateway archives, and encrypts what the archivist's code must open: so the documented
-suite and `info` layout are enough for anyone to decrypt the archive without our code.
+suite and `info` layout are enough for anyone to decrypt the archive without our code. The
+`zstd` command-line tool does the same for the compression of text documents.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import hashlib
 import hmac
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
+import zstandard
 from cryptography.hazmat.primitives.asymmetric import x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -121,34 +124,120 @@ def test_the_independent_decrypter_reproduces_rfc_9180_a_1_1() -> None:
     assert pt == b"Beauty is truth, truth beauty"
 
 
+def _zstd(*args: str, data: bytes) -> bytes:
+    """The zstd command-line tool: an implementation of RFC 8878 that is not ours."""
+    done = subprocess.run(["zstd", "-q", *args], input=data, capture_output=True, check=True)
+    return done.stdout
+
+
 def test_archive_ciphertexts_open_with_the_documented_suite_and_info(
-    keys: tuple[ArchivistPublicKey, ArchivistPrivateKey],
+    keys: tuple[ArchivistPublicKey, ArchivistPrivateKey], tmp_path: Path
 ) -> None:
     public, private = keys
-    document = IssuedDocument("json", "application/json", b'{"bundel":{},"jws":"x"}')
+    document = IssuedDocument("json", "application/json", b'{"bundel":{},"jws":"x"}' * 50)
     sealed = seal_document(document, TX, public)
     data = sealed.event_data()
     assert data["hpke"] == HPKE_SUITE_NAME
+    assert data["compressie"] == "zstd", "text is compressed before it is sealed"
     info = (
         f"blauweknop.archief.v1\n{TX}\njson\napplication/json\n{document.sha256}\n"
-        f"{len(document.content)}\n{public.key_id}"
+        f"{len(document.content)}\n{public.key_id}\nzstd"
     ).encode()
-    assert context_info(TX, "json", "application/json", document.sha256, 23, public.key_id) == info
+    size = len(document.content)
+    assert (
+        context_info(TX, "json", "application/json", document.sha256, size, public.key_id, "zstd")
+        == info
+    )
     independent = _Hpke(aead_id=0x0002, key_bytes=32)
-    plaintext = independent.open(
+    compressed = independent.open(
+        _raw(private.private_key),
+        base64.b64decode(data["enc"]),
+        base64.b64decode(data["ciphertext"]),
+        info,
+    )
+    assert len(compressed) < size // 10
+    assert _zstd("-d", "-c", data=compressed) == document.content
+    # And the other way round: what an independent sender compresses and seals, the
+    # archivist's code opens. (From a file, so that zstd records the size in the frame.)
+    plain = tmp_path / "document.json"
+    plain.write_bytes(document.content)
+    frame = subprocess.run(["zstd", "-q", "-c", str(plain)], capture_output=True, check=True)
+    raw_public = public.public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    enc, ct = independent.seal(raw_public, os.urandom(32), frame.stdout, info)
+    rebuilt = SealedDocument.from_event_data(
+        {**data, "enc": base64.b64encode(enc).decode(), "ciphertext": base64.b64encode(ct).decode()}
+    )
+    assert open_document(rebuilt, TX, private) == document.content
+
+
+def test_a_pdf_is_sealed_as_it_is_with_the_seven_line_info(
+    keys: tuple[ArchivistPublicKey, ArchivistPrivateKey],
+) -> None:
+    public, private = keys
+    document = IssuedDocument("pdf", "application/pdf", b"%PDF-1.7 " * 40)
+    data = seal_document(document, TX, public).event_data()
+    assert "compressie" not in data, "a PDF's streams are compressed already"
+    info = context_info(TX, "pdf", "application/pdf", document.sha256, 360, public.key_id)
+    assert info.count(b"\n") == 6
+    plaintext = _Hpke(aead_id=0x0002, key_bytes=32).open(
         _raw(private.private_key),
         base64.b64decode(data["enc"]),
         base64.b64decode(data["ciphertext"]),
         info,
     )
     assert plaintext == document.content
-    # And the other way round: what an independent sender seals, the archivist's code opens.
+    assert len(base64.b64decode(data["ciphertext"])) == 360 + 16
+
+
+@pytest.mark.parametrize(
+    ("frame", "grootte", "message"),
+    [
+        # A bomb: a few hundred bytes that claim, and would inflate to, 64 MiB.
+        (zstandard.ZstdCompressor().compress(bytes(64 * 1024 * 1024)), 100, "another size"),
+        # A frame that does not say its size is never inflated on trust.
+        (
+            zstandard.ZstdCompressor(write_content_size=False).compress(b"x" * 100),
+            100,
+            "does not record its size",
+        ),
+        # Trailing bytes after the frame.
+        (zstandard.ZstdCompressor().compress(b"x" * 100) + b"tail", 100, "does not decompress"),
+        (b"not a zstd frame at all", 100, "does not decompress"),
+    ],
+)
+def test_hostile_compressed_plaintext_is_refused_before_it_is_inflated(
+    keys: tuple[ArchivistPublicKey, ArchivistPrivateKey], frame: bytes, grootte: int, message: str
+) -> None:
+    """Even a sender holding the archivist's public key cannot make reproduce inflate more."""
+    public, private = keys
+    sha256 = hashlib.sha256(b"x" * grootte).hexdigest()
+    info = context_info(TX, "json", "application/json", sha256, grootte, public.key_id, "zstd")
     raw_public = public.public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
-    enc, ct = independent.seal(raw_public, os.urandom(32), document.content, info)
-    rebuilt = SealedDocument.from_event_data(
-        {**data, "enc": base64.b64encode(enc).decode(), "ciphertext": base64.b64encode(ct).decode()}
+    enc, ct = _Hpke(aead_id=0x0002, key_bytes=32).seal(raw_public, os.urandom(32), frame, info)
+    sealed = SealedDocument(
+        "json", "application/json", sha256, grootte, public.key_id, enc, ct, "zstd"
     )
-    assert open_document(rebuilt, TX, private) == document.content
+    if len(ct) > grootte + 200:  # the event parser already refuses a ciphertext this long
+        with pytest.raises(ArchiveIntegrityError, match="oversized 'ciphertext'"):
+            SealedDocument.from_event_data(sealed.event_data())
+    with pytest.raises(ArchiveIntegrityError, match=message):
+        open_document(sealed, TX, private)
+
+
+def test_the_info_binds_the_compression(
+    keys: tuple[ArchivistPublicKey, ArchivistPrivateKey],
+) -> None:
+    public, private = keys
+    document = IssuedDocument("json", "application/json", b"{}" * 100)
+    data = seal_document(document, TX, public).event_data()
+    stripped = {k: v for k, v in data.items() if k != "compressie"}
+    with pytest.raises(ArchiveIntegrityError, match="length does not fit"):
+        SealedDocument.from_event_data(stripped)  # uncompressed, the size would be exact
+    sealed = SealedDocument.from_event_data(data)
+    with pytest.raises(ArchiveIntegrityError, match="does not decrypt"):
+        open_document(_replace(sealed, compressie=None), TX, private)
+    with pytest.raises(ArchiveIntegrityError, match="unknown compression"):
+        SealedDocument.from_event_data({**data, "compressie": "gzip"})
 
 
 def test_key_ids_files_and_the_development_key(tmp_path: Path) -> None:

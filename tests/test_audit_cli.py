@@ -10,6 +10,7 @@ import subprocess
 import sys
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -42,7 +43,7 @@ async def test_find_lists_what_one_citizen_received_and_tail_decodes_events(
 ) -> None:
     citizen, other = CITIZENS[2], CITIZENS[3]
     async with relayed_stack(tmp_path, pki, broker) as stack:
-        mine: dict[str, dict[str, object]] = {}
+        mine: dict[str, dict[str, Any]] = {}
         for bsn in (citizen.bsn, other.bsn, citizen.bsn):
             async with stack.session.post(
                 f"{stack.url}/v1/sandbox/bundel", json={"bsn": bsn}

@@ -76,8 +76,8 @@ async def test_checkpointer_verify_prove_as_commands(
             await eventually(covered, 30, "the checkpointer covered every event")
         finally:
             checkpointer.send_signal(signal.SIGTERM)
-            _, err = await asyncio.wait_for(checkpointer.communicate(), 20)
-        assert checkpointer.returncode == 0, err.decode()
+            _, stopped = await asyncio.wait_for(checkpointer.communicate(), 20)
+        assert checkpointer.returncode == 0, stopped.decode()
 
         code, out, err = await run(*audit, "verify", "--json", env=env)
         assert code == 0, out + err

@@ -288,7 +288,7 @@ async def test_client_assertion_with_alg_none(world: PortalStack) -> None:
         "exp": int(time.time()) + 60,
         "jti": "jti-none-12345",
     }
-    unsigned = jwt.encode(claims, None, algorithm="none")
+    unsigned = jwt.encode(claims, "", algorithm="none")
     async with await post_par(world, par_form(world, world.test, client_assertion=unsigned)) as r:
         await oauth_error(r, 401, "invalid_client")
 
@@ -766,8 +766,8 @@ async def test_a_login_from_before_the_authorization_is_not_reused(world: Portal
             )
             codes.append((back.url, started))
     key = ec.generate_private_key(ec.SECP256R1())
-    for (back, started), bsn in zip(codes, (CITIZEN_A, CITIZEN_B), strict=True):
-        code = back.split("code=")[1].split("&")[0]
+    for (redirected, started), bsn in zip(codes, (CITIZEN_A, CITIZEN_B), strict=True):
+        code = redirected.split("code=")[1].split("&")[0]
         token = await world.test.redeem(
             world.session, code=code, verifier=started.pkce.verifier, dpop_key=key
         )

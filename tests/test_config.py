@@ -2,9 +2,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import aiohttp
 import pytest
 
-from gateway.config import load_settings
+from gateway.config import connector_factory, load_settings, verification_connectors
+from gateway.connector import FetchRequest
 from gateway.errors import ConfigError
 
 
@@ -49,3 +51,29 @@ def test_unreadable_file(tmp_path: Path) -> None:
     bad.write_text("port = = 1")
     with pytest.raises(ConfigError, match="cannot read configuration"):
         load_settings(bad, {})
+
+
+async def test_verification_connectors_need_no_credentials_and_never_fetch(
+    tmp_path: Path,
+) -> None:
+    missing = str(tmp_path / "not-given")
+    settings = load_settings(
+        None,
+        {
+            "BLAUWEKNOP_STATE_DIR": str(tmp_path / "state"),
+            "BLAUWEKNOP_ORGANISATIONS__UWV__CLIENT_KEY": missing,
+            "BLAUWEKNOP_ORGANISATIONS__CAK__OPTIONS__CLIENT_SECRET_FILE": missing,
+        },
+    )
+    settings.dev_pki.ensure()
+    cak = next(o for o in settings.organisations if o.connector == "cak")
+    with pytest.raises(ConfigError, match="CAK connector needs"):
+        connector_factory("cak")(cak.settings)  # the gateway itself cannot run so
+    connectors, problems = verification_connectors(settings)
+    assert problems == []
+    assert sorted(connectors) == ["cak", "duo", "gm0363", "uwv"]
+    async with aiohttp.ClientSession() as session:
+        request = FetchRequest("999990020", "tx", session)
+        for code in ("uwv", "cak"):
+            with pytest.raises(ConfigError, match="verify signatures only"):
+                await connectors[code].fetch(request)

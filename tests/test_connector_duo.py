@@ -499,7 +499,9 @@ async def test_a_herberekening_must_name_what_it_corrects(
     (betreft,) = answer.iterfind(
         ".//d:Mutatie[d:Mutatiesoort='Herberekening']/d:BetreftMutatie", NSMAP
     )
-    betreft.getparent().remove(betreft)
+    parent = betreft.getparent()
+    assert parent is not None
+    parent.remove(betreft)
     with pytest.raises(SourceInvalid, match="BetreftMutatie"):
         connector.verify(sign_as_duo(pki, etree.tostring(answer)))
 

@@ -25,7 +25,7 @@ from lxml import etree
 from connectors._sandbox import CITIZENS, rogue_identity
 from connectors._sandbox.runner import RunningSandbox, serve_app, start_sandbox
 from connectors.uwv import CONTACTOPTIES, ORGANISATIE, create
-from connectors.uwv.sandbox import SANDBOX
+from connectors.uwv.sandbox import server_tls
 from connectors.uwv.soap import NS, SERVICE_PATH, SIGNATURE_SHAPE, WSU_ID, q, sign_response
 from gateway.connector import (
     Connector,
@@ -344,7 +344,7 @@ async def test_replayed_answer_is_refused(
 
     app = web.Application()
     app.router.add_post(SERVICE_PATH, replay)
-    runner, port = await serve_app(app, ssl_context=SANDBOX.server_tls(pki))
+    runner, port = await serve_app(app, ssl_context=server_tls(pki))
     try:
         with pytest.raises(SourceInvalid, match="RelatesTo"):
             await fetch(pki, f"https://127.0.0.1:{port}", session, "999990032")

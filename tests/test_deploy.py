@@ -23,8 +23,11 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from prometheus_client import CollectorRegistry, generate_latest
 
+from gateway.app import METRICS
 from gateway.config import settings_from_mapping
+from gateway.metrics import CheckpointerMetrics, Metrics
 from tests.conftest import Stack
 from tests.kustomize import build, find, load_documents, pod_spec
 
@@ -337,17 +340,32 @@ def test_every_reference_between_resources_resolves(production: list[dict[str, A
     assert hpa["spec"]["minReplicas"] >= 2
     pdb = find(production, "PodDisruptionBudget", "blauweknop-gateway")
     assert selects(pdb["spec"]["selector"]["matchLabels"], pods["blauweknop-gateway"])
-    monitor = find(production, "ServiceMonitor", "blauweknop-gateway")
-    monitored = [
-        s
-        for s in services
-        if selects(monitor["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])
-    ]
-    assert monitored
-    assert monitor["spec"]["endpoints"][0]["port"] in {
-        p["name"] for p in monitored[0]["spec"]["ports"]
+    monitors = [r for r in production if r["kind"] == "ServiceMonitor"]
+    assert {m["metadata"]["name"] for m in monitors} == {
+        "blauweknop-gateway",
+        "blauweknop-checkpointer",
     }
-    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+    for monitor in monitors:
+        monitored = [
+            s
+            for s in services
+            if selects(monitor["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])
+        ]
+        assert [s["metadata"]["name"] for s in monitored] == [monitor["metadata"]["name"]], (
+            "one Service each, named like the job the alerts name"
+        )
+        assert monitor["spec"]["endpoints"][0]["port"] in {
+            p["name"] for p in monitored[0]["spec"]["ports"]
+        }
+        assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+    # The checkpointer's metrics port is the one its configuration serves on.
+    checkpointer = pod_spec(find(production, "Deployment", "blauweknop-checkpointer"))
+    assert checkpointer is not None
+    config_map = find(production, "ConfigMap", "blauweknop-gateway-config")
+    settings = settings_from_mapping(tomllib.loads(config_map["data"]["gateway.toml"]))
+    container = checkpointer["containers"][0]
+    assert {p["containerPort"] for p in container["ports"]} == {settings.checkpoints.metrics_port}
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
 
 
 def test_network_policies_deny_by_default_and_allow_only_what_is_needed(
@@ -372,7 +390,11 @@ def test_network_policies_deny_by_default_and_allow_only_what_is_needed(
             for peer in rule.get("to", []) + rule.get("from", []):
                 assert peer, f"{name}: no rule allows everything"
     checkpointer = next(p for p in policies if p["metadata"]["name"] == "blauweknop-checkpointer")
-    assert "ingress" not in checkpointer["spec"], "the checkpointer receives nothing"
+    (scrape,) = checkpointer["spec"]["ingress"]
+    assert scrape["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ], "the checkpointer receives only Prometheus' scrapes"
+    assert [p["port"] for p in scrape["ports"]] == [9464]
     external = [
         port["port"]
         for p in policies
@@ -381,7 +403,7 @@ def test_network_policies_deny_by_default_and_allow_only_what_is_needed(
         if "ipBlock" in peer
         for port in rule["ports"]
     ]
-    assert external == [443], "only HTTPS leaves the cluster"
+    assert set(external) == {443}, "only HTTPS leaves the cluster (organisations, DigiD, TSA)"
 
 
 def test_production_configuration_loads_and_reads_secrets_only_from_mounted_files(
@@ -393,32 +415,54 @@ def test_production_configuration_loads_and_reads_secrets_only_from_mounted_file
     assert settings.mode == "production"
     assert settings.store.postgres is not None
     assert settings.shutdown_drain_seconds + settings.shutdown_grace_seconds < 30
-    container = pod_spec(find(production, "Deployment", "blauweknop-gateway"))["containers"][0]  # type: ignore[index]
-    secret_mounts = [
-        m["mountPath"] for m in container["volumeMounts"] if m["mountPath"].startswith("/run/")
-    ]
     text = config_map["data"]["gateway.toml"]
-    files = re.findall(r'"(/[^"]+)"', text) + re.findall(r"sslrootcert=([^&\"']+)", text)
-    for path in files:
-        if path.startswith("/run/"):
-            assert any(path.startswith(m + "/") for m in secret_mounts), f"{path} not mounted"
+    files = [
+        p
+        for p in re.findall(r'"(/[^"]+)"', text) + re.findall(r"sslrootcert=([^&\"']+)", text)
+        if p.startswith("/run/")
+    ]
+    # What each workload reads: the checkpointer its signing key, the TSA's CA and Kafka's
+    # files; the gateway everything else, and never the checkpoint signing key.
+    assert settings.checkpoints.key_file is not None
+    assert settings.checkpoints.tsa_ca_file is not None
+    assert settings.kafka is not None
+    signing_key = str(settings.checkpoints.key_file)
+    kafka_files = {
+        str(f)
+        for f in (settings.kafka.ca_file, settings.kafka.cert_file, settings.kafka.key_file)
+        if f is not None
+    }
+    needs = {
+        "blauweknop-gateway": set(files) - {signing_key},
+        "blauweknop-checkpointer": {signing_key, str(settings.checkpoints.tsa_ca_file)}
+        | kafka_files,
+    }
     external = {
         r["spec"]["target"]["name"]: {d["secretKey"] for d in r["spec"]["data"]}
         for r in production
         if r["kind"] == "ExternalSecret"
     }
-    volumes = {
-        v["name"]: v
-        for v in pod_spec(find(production, "Deployment", "blauweknop-gateway"))["volumes"]
-    }  # type: ignore[index]
-    for mount in container["volumeMounts"]:
-        volume = volumes[mount["name"]]
-        if "secret" not in volume:
-            continue
-        for path in files:
-            if path.startswith(mount["mountPath"] + "/"):
-                key = path.removeprefix(mount["mountPath"] + "/").split("&")[0]
-                assert key in external[volume["secret"]["secretName"]], f"{path}: no such key"
+    for name, paths in needs.items():
+        spec = pod_spec(find(production, "Deployment", name))
+        assert spec is not None
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        mounts = [
+            m for m in spec["containers"][0]["volumeMounts"] if "secret" in volumes[m["name"]]
+        ]
+        for path in paths:
+            assert any(path.startswith(m["mountPath"] + "/") for m in mounts), (
+                f"{name}: {path} not mounted"
+            )
+        for mount in mounts:
+            for path in files:
+                if path.startswith(mount["mountPath"] + "/"):
+                    key = path.removeprefix(mount["mountPath"] + "/").split("&")[0]
+                    secret = volumes[mount["name"]]["secret"]["secretName"]
+                    assert key in external[secret], f"{name}: {path}: no such key"
+        if name == "blauweknop-gateway":
+            assert not any(signing_key.startswith(m["mountPath"] + "/") for m in mounts), (
+                "the gateway never holds the checkpoint signing key"
+            )
 
 
 def test_kafka_topics_for_evidence(production: list[dict[str, Any]]) -> None:
@@ -476,12 +520,6 @@ def balanced(expr: str) -> bool:
     return not stack
 
 
-def pending_metrics() -> set[str]:
-    text = (ROOT / "docs" / "operations.md").read_text()
-    block = text.split("<!-- pending-metrics")[1].split("<!-- /pending-metrics -->")[0]
-    return set(re.findall(r"^\| `(blauweknop_[a-z0-9_]+)`", block, re.MULTILINE))
-
-
 def rules() -> list[dict[str, Any]]:
     data = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yaml").read_text())
     return [rule for group in data["groups"] for rule in group["rules"]]
@@ -523,8 +561,10 @@ def test_alert_rules_are_well_formed() -> None:
         "latency": "blauweknop_source_request_seconds_bucket",
         "breakers": "blauweknop_circuit_open",
         "backlog": "blauweknop_audit_outbox_backlog",
-        "checkpoint age": "blauweknop_audit_checkpoint_timestamp_seconds",
+        "checkpoint age": "blauweknop_audit_checkpoint_last_timestamp_seconds",
         "certificate expiry": "blauweknop_signing_certificate_not_after_seconds",
+        "TSA certificate expiry": "blauweknop_audit_tsa_certificate_not_after_seconds",
+        "one relay": "blauweknop_audit_relay_leader",
     }
     used = set().union(*(metric_names(r["expr"]) for r in rules()))
     for topic, metric in topics.items():
@@ -558,8 +598,10 @@ def test_dashboard_is_well_formed_and_covers_the_promised_panels() -> None:
         "blauweknop_source_request_seconds_bucket",
         "blauweknop_circuit_open",
         "blauweknop_audit_outbox_backlog",
-        "blauweknop_audit_checkpoint_timestamp_seconds",
+        "blauweknop_audit_checkpoint_last_timestamp_seconds",
         "blauweknop_signing_certificate_not_after_seconds",
+        "blauweknop_audit_tsa_certificate_not_after_seconds",
+        "blauweknop_audit_relay_leader",
     ):
         assert metric in used
 
@@ -576,27 +618,81 @@ def exported_names(exposition: str) -> set[str]:
     return names
 
 
-async def test_every_metric_in_the_dashboard_and_rules_is_exported_or_known_pending(
+def label_names(registry: CollectorRegistry) -> dict[str, set[str]]:
+    """Every exposed sample name and the labels its metric defines (children or not)."""
+    names: dict[str, set[str]] = {}
+    for collector, exposed in registry._collector_to_names.items():  # no public accessor
+        labels = set(getattr(collector, "_labelnames", ()))
+        for name in exposed:
+            names[name] = labels | ({"le"} if name.endswith("_bucket") else set())
+    return names
+
+
+def used_labels(expr: str) -> list[tuple[set[str], set[str]]]:
+    """(metrics, labels) pairs an expression relies on: selectors, and by/on/without lists."""
+    expr = re.sub(r'"[^"]*"', '""', expr)
+    metrics = metric_names(expr)
+    pairs = []
+    for name, selector in re.findall(r"\b([a-z_][a-z0-9_]*)\{([^}]*)\}", expr):
+        labels = set(re.findall(r"([a-zA-Z_]\w*)\s*(?:=~|!~|!=|=)", selector))
+        pairs.append(({name}, labels))
+    for group in re.findall(r"\b(?:by|on|without|ignoring)\s*\(([^)]*)\)", expr):
+        pairs.append((metrics, {w.strip() for w in group.split(",") if w.strip()}))
+    return pairs
+
+
+async def test_dashboard_and_alerts_use_only_metrics_and_labels_the_code_defines(
     stack: Stack,
 ) -> None:
+    """Every metric a panel or an alert names is exported by the gateway (scraped from a running
+    one) or by the checkpointer (its CheckpointerMetrics), with the labels it selects on; and
+    every exported metric is documented in docs/operations.md."""
     await stack.bundle("999990020")
     async with stack.session.get(f"{stack.url}/metrics") as response:
-        exported = exported_names(await response.text())
-    pending = pending_metrics()
-    assert pending, "the pending list in docs/operations.md was found"
-    assert not pending & exported, (
-        "exported now, no longer pending: take these off the list in docs/operations.md",
-        pending & exported,
-    )
-    used = set().union(*(metric_names(e) for e in dashboard_exprs() + [r["expr"] for r in rules()]))
-    unknown = used - exported - pending - EXTERNAL_METRICS
+        gateway = exported_names(await response.text())
+    checkpointer_metrics = CheckpointerMetrics()
+    checkpointer = exported_names(generate_latest(checkpointer_metrics.registry).decode())
+    assert not gateway & checkpointer, "one name, one meaning"
+    exported = gateway | checkpointer
+    exprs = dashboard_exprs() + [r["expr"] for r in rules()]
+    used = set().union(*(metric_names(e) for e in exprs))
+    unknown = used - exported - EXTERNAL_METRICS
     assert not unknown, f"dashboard or alerts use metrics nobody exports: {sorted(unknown)}"
+    labels = label_names(stack.app[METRICS].registry) | label_names(checkpointer_metrics.registry)
+    labels |= {"up": {"job", "instance"}}
+    for expr in exprs:
+        for metrics, selected in used_labels(expr):
+            known = set().union(*(labels.get(m, set()) for m in metrics)) | {"instance", "job"}
+            if metrics <= EXTERNAL_METRICS - {"up"}:
+                continue
+            assert selected <= known, f"{expr}: labels {selected - known} not on {metrics}"
     documented = set(
         re.findall(r"`(blauweknop_[a-z0-9_]+)`", (ROOT / "docs" / "operations.md").read_text())
     )
     for name in exported - {n for n in exported if n.endswith("_created")}:
         base = re.sub(r"_(bucket|count|sum)$", "", name)
         assert name in documented or base in documented, f"{name} not in docs/operations.md"
+
+
+def test_label_check_catches_a_label_the_metric_does_not_have() -> None:
+    labels = label_names(Metrics().registry)
+    ((_, selected),) = used_labels('max(blauweknop_circuit_open{organisatie="duo"})')
+    assert not selected <= labels["blauweknop_circuit_open"], "a label it does not have"
+    ((_, selected),) = used_labels("max by (org) (blauweknop_circuit_open)")
+    assert selected <= labels["blauweknop_circuit_open"]
+
+
+def test_alerts_name_only_scrape_jobs_that_exist(production: list[dict[str, Any]]) -> None:
+    """`up{job=…}` in an alert matches a compose scrape job and a Kubernetes ServiceMonitor's
+    Service (the Prometheus Operator names the job after the Service)."""
+    prometheus = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    compose_jobs = {job["job_name"] for job in prometheus["scrape_configs"]}
+    k8s_jobs = {r["metadata"]["name"] for r in production if r["kind"] == "ServiceMonitor"}
+    named = {j for r in rules() for j in re.findall(r'job="([^"]+)"', r["expr"])}
+    named |= {j for e in dashboard_exprs() for j in re.findall(r'job="([^"]+)"', e)}
+    assert {"blauweknop-gateway", "blauweknop-checkpointer"} <= named
+    assert named <= compose_jobs
+    assert named <= k8s_jobs
 
 
 def test_documents_are_valid_yaml() -> None:

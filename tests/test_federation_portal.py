@@ -177,7 +177,7 @@ async def test_consent_offers_only_the_citizens_own_municipality(
         assert status == 200, body
         admin, _ = development_admin_key(state)
         status, body = await send(
-            world.session, world.url, approval_request(admin, entry["oin"], 1)
+            world.session, world.url, approval_request(admin, str(entry["oin"]), 1)
         )
         assert status == 200, body
         federation = world.stack.app[FEDERATION]

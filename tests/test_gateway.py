@@ -112,8 +112,12 @@ async def test_fanout_is_concurrent(stack: Stack) -> None:
     outer = await stack.bundle(EVERYWHERE)
     elapsed = time.monotonic() - started
     assert set(statuses(outer).values()) == {"ok"}
-    # Sequential calls would need at least 800 ms; concurrent ones about 200 ms.
-    assert elapsed < 0.6, f"took {elapsed:.3f}s"
+    # Sequential calls would need the sum of the four calls' times (at least 800 ms);
+    # concurrent ones about the longest. Relative to the calls' own times, so that a busy
+    # machine, which slows each call too, does not make the test fail.
+    calls = sum(b["duur_ms"] for b in outer["bundel"]["bronnen"]) / 1000
+    assert calls >= 0.8
+    assert elapsed < calls / 2, f"took {elapsed:.3f}s for calls taking {calls:.3f}s in all"
 
 
 async def test_selected_organisations_only(stack: Stack) -> None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import signal
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import orjson
+import pytest
 
 from tests.conftest import Stack
 
@@ -45,3 +49,30 @@ async def test_a_dead_document_worker_costs_one_request_not_the_gateway(stack: S
     assert await _verify(stack) == 503
     assert await _verify(stack) == 200
     assert await _verify(stack) == 200
+
+
+async def test_a_client_leaving_mid_body_is_no_error_in_the_log(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A slow-loris client that gives up (or a closed tab) must not write a traceback at will."""
+    caplog.set_level(logging.INFO, logger="gateway.app")
+    port = urlsplit(stack.url).port
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /v1/sandbox/bundel HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+        b'{"bsn": "9'
+    )
+    await writer.drain()
+    await asyncio.sleep(0.2)  # the handler is now waiting for the rest of the body
+    writer.close()
+    await writer.wait_closed()
+    for _ in range(50):
+        if any("went away" in r.getMessage() for r in caplog.records):
+            break
+        await asyncio.sleep(0.1)
+    messages = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "gateway.app"]
+    assert (logging.INFO, "the client went away before its request was read") in messages
+    assert not [m for level, m in messages if level >= logging.ERROR], messages
+    async with stack.session.get(f"{stack.url}/healthz") as response:
+        assert response.status == 200

@@ -10,6 +10,7 @@ from pathlib import Path
 import jwt
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.pki import DevPki
 from tests.conftest import Stack
@@ -88,12 +89,16 @@ async def test_organisation_jws_verifies_with_pyjwt(
 ) -> None:
     raw = sources(await stack.bundle(MANY_DEBTS))[code]
     cert = x509.load_pem_x509_certificate(pki.identity(identity).cert.read_bytes())
-    decoded = jwt.api_jws.decode_complete(raw, cert.public_key(), algorithms=["ES256"])
+    public = cert.public_key()
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+    decoded = jwt.api_jws.decode_complete(raw, public, algorithms=["ES256"])
     assert decoded["payload"]
     stranger = "gemeente-sign" if code == "cak" else "cak-sign"
     other = x509.load_pem_x509_certificate(pki.identity(stranger).cert.read_bytes())
+    other_key = other.public_key()
+    assert isinstance(other_key, ec.EllipticCurvePublicKey)
     with pytest.raises(jwt.InvalidSignatureError):
-        jwt.api_jws.decode_complete(raw, other.public_key(), algorithms=["ES256"])
+        jwt.api_jws.decode_complete(raw, other_key, algorithms=["ES256"])
 
 
 async def test_gateway_seal_verifies_with_pyjwt(stack: Stack) -> None:

@@ -6,6 +6,7 @@ Each test runs against both, over real files and a real PostgreSQL server on a r
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -53,6 +54,44 @@ async def test_concurrent_appends_survive_reopen_in_order(opener: Opener) -> Non
         assert (await reopened.unsent(1000))[0].payload == pending[100].payload
     finally:
         await reopened.close()
+
+
+async def test_prune_deletes_only_sent_records_older_than_asked(opener: Opener) -> None:
+    store = await opener()
+    try:
+        await store.append([record(i) for i in range(10)])
+        pending = await store.unsent(100)
+        await store.mark_sent([r.seq for r in pending[:6]])
+        assert await store.prune_sent(3600) == 0, "sent a moment ago: kept for the window"
+        await asyncio.sleep(0.05)
+        assert await store.prune_sent(0.01, limit=4) == 4, "at most `limit` at a time"
+        assert await store.prune_sent(0.01) == 2
+        assert await store.prune_sent(0) == 0, "unsent records are never pruned"
+        assert [r.event_id for r in await store.unsent(100)] == [f"ev-{i}" for i in range(6, 10)]
+        assert await store.backlog() == 4
+    finally:
+        await store.close()
+
+
+async def test_sqlite_outbox_from_before_pruning_gains_its_column(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:  # the outbox table as earlier versions made it
+        conn.execute(
+            "CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT "
+            "NULL UNIQUE, key TEXT NOT NULL, payload BLOB NOT NULL, sent INTEGER NOT NULL "
+            "DEFAULT 0)"
+        )
+        conn.execute(
+            "INSERT INTO outbox (event_id, key, payload, sent) VALUES ('a', 'k', x'00', 1)"
+        )
+        conn.execute("INSERT INTO outbox (event_id, key, payload) VALUES ('b', 'k', x'00')")
+    store = await SqliteStore.open(path)
+    try:
+        await store.append([record(1)])
+        assert await store.prune_sent(3600) == 1, "the old sent record counts as long ago"
+        assert [r.event_id for r in await store.unsent(10)] == ["b", "ev-1"]
+    finally:
+        await store.close()
 
 
 async def test_duplicate_event_id_fails_the_batch_loudly(opener: Opener) -> None:

@@ -17,6 +17,7 @@ from gateway.connector import (
     make_herkomst,
     read_limited,
     transport_errors,
+    verify_only_error,
     verify_source_jws,
 )
 from gateway.errors import SourceUnreachable
@@ -38,7 +39,7 @@ class CakConnector:
         self._url = settings.base_url.rstrip("/") + OVERZICHT_PATH
         self._cert = load_certificate(settings.trust_cert)
         self._sleutel_id = certificate_key_id(self._cert)
-        self._credentials = ClientCredentials(settings)
+        self._credentials = None if settings.verify_only else ClientCredentials(settings)
 
     async def fetch(self, request: FetchRequest) -> SourceData:
         with transport_errors(self.organisatie):
@@ -62,6 +63,8 @@ class CakConnector:
         return read_overzicht(verify_source_jws(raw, self._cert))
 
     async def _retrieve(self, request: FetchRequest) -> bytes:
+        if self._credentials is None:
+            raise verify_only_error(self.organisatie)
         token = await self._credentials.bearer(request.session)
         raw = await self._post(request, token)
         if raw is None:

@@ -52,7 +52,7 @@ class DuoConnector:
         self._url = settings.base_url.rstrip("/") + PATH
         cert = load_certificate(settings.trust_cert)
         self._key_id = certificate_key_id(cert)
-        self._verifier = XmlSignatureVerifier(cert, SIGNATURE_SHAPE)
+        self._verifier = XmlSignatureVerifier(cert, SIGNATURE_SHAPE, settings.max_xml_depth)
 
     async def fetch(self, request: FetchRequest) -> SourceData:
         naam = self.organisatie.naam

@@ -5,15 +5,24 @@ size and time, verifies the ES256 JWS against the organisation's registered JWKS
 checks that the document answers this transaction about this citizen (so an answer cannot be
 replayed into another request), and maps it strictly. Calls go through a resolver that refuses
 non-public addresses outside sandbox mode, checked at every connection (DNS rebinding).
+
+When the organisation registered X.509 trust anchors, an answer may instead carry an `x5c`
+chain: it must end in one of those anchors, name the organisation's OIN, allow signing, and be
+valid when signed (now, for a live answer; the document's `aangemaakt_op` when a stored answer
+is checked again later); its leaf key is the one that must verify. An `x5c` from an
+organisation without anchors is refused, not ignored.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hmac
 from collections.abc import Mapping
+from pathlib import Path
 
 import aiohttp
 import orjson
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from connectors.generic.mapping import Document, bsn_hash, parse_document
@@ -28,6 +37,8 @@ from gateway.connector import (
     transport_errors,
 )
 from gateway.errors import SourceInvalid, SourceUnreachable, VerificationError
+from gateway.federation.certs import CertificateRefused, load_anchors, parse_x5c, thumbprint
+from gateway.federation.certs import verify_chain as verify_x509_chain
 from gateway.federation.registry import public_keys
 from gateway.federation.safety import check_url, connector_kwargs
 from gateway.models import Contactoptie, Gegevens
@@ -46,11 +57,13 @@ class GenericConnector:
         categorieen: tuple[str, ...],
         *,
         allow_private: bool,
+        anchors: tuple[x509.Certificate, ...] = (),
     ) -> None:
         self.organisatie = settings.organisatie
         self.contactopties = contactopties
         self._settings = settings
         self._keys = dict(keys)
+        self._anchors = anchors
         self._categorieen = categorieen
         self._allow_private = allow_private
         self._url = check_url(settings.base_url, sandbox=allow_private) + GEGEVENS_PATH
@@ -98,7 +111,7 @@ class GenericConnector:
             raise SourceInvalid(f"{naam} refused the request with HTTP {status}")
         if content_type != MEDIA_TYPE:
             raise SourceInvalid(f"{naam} answered {content_type!r}, not a signed {MEDIA_TYPE}")
-        document, kid = self._open(raw)
+        document, kid = self._open(raw, at=dt.datetime.now(dt.UTC))
         if document.transactie_id != request.transactie_id:
             raise SourceInvalid(f"{naam} answered for another transaction (a replayed answer?)")
         expected = bsn_hash(request.transactie_id, request.bsn)
@@ -108,19 +121,24 @@ class GenericConnector:
         return SourceData(document.gegevens, herkomst)
 
     def verify(self, raw: bytes) -> Gegevens:
-        return self._open(raw)[0].gegevens
+        """Check a stored answer again; a certificate chain counts at its signing time."""
+        return self._open(raw, at=None)[0].gegevens
 
-    def _open(self, raw: bytes) -> tuple[Document, str]:
+    def _open(self, raw: bytes, *, at: dt.datetime | None) -> tuple[Document, str]:
         naam = self.organisatie.naam
         try:
             parsed, _, _ = jws.parse(raw)
         except VerificationError as exc:
             raise SourceInvalid(f"{naam} sent no valid compact JWS: {exc}") from exc
-        kid = parsed.header.get("kid")
-        if not isinstance(kid, str) or kid not in self._keys:
-            raise SourceInvalid(f"{naam} signed with key {kid!r}, which is not registered")
+        if "x5c" in parsed.header:
+            key, kid = self._certified_key(parsed.header["x5c"], parsed.payload, at)
+        else:
+            named = parsed.header.get("kid")
+            if not isinstance(named, str) or named not in self._keys:
+                raise SourceInvalid(f"{naam} signed with key {named!r}, which is not registered")
+            key, kid = self._keys[named], named
         try:
-            payload = jws.verify_es256(raw, self._keys[kid]).payload
+            payload = jws.verify_es256(raw, key).payload
             document = parse_document(orjson.loads(payload), self.organisatie)
         except VerificationError as exc:
             raise SourceInvalid(f"signature check failed: {exc}") from exc
@@ -128,14 +146,63 @@ class GenericConnector:
             raise SourceInvalid(f"{naam} sent a document that does not conform: {exc}") from exc
         return document, kid
 
+    def _certified_key(
+        self, x5c: object, payload: bytes, at: dt.datetime | None
+    ) -> tuple[ec.EllipticCurvePublicKey, str]:
+        """The leaf key of an `x5c` chain that ends in a registered anchor, and its id."""
+        naam = self.organisatie.naam
+        if not self._anchors:
+            raise SourceInvalid(
+                f"{naam} sent an x5c certificate chain but registered no X.509 anchor to check "
+                "it against (register x509, or sign with a key from the registered JWKS)"
+            )
+        if at is None:
+            # A stored answer: its chain must have been valid when it was signed. The time is
+            # the document's own, and is trusted only once the leaf's signature verifies.
+            at = _signed_at(payload)
+            if at is None:
+                raise SourceInvalid(f"{naam}: the document has no valid aangemaakt_op")
+        try:
+            chain = parse_x5c(x5c)
+            verify_x509_chain(
+                chain[0],
+                chain[1:],
+                self._anchors,
+                oin=self.organisatie.oin,
+                at=at,
+                purpose="signing",
+            )
+        except CertificateRefused as exc:
+            raise SourceInvalid(f"{naam}'s x5c certificate is refused: {exc}") from exc
+        key = chain[0].public_key()
+        if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+            raise SourceInvalid(f"{naam}'s x5c leaf has no EC P-256 key, so it cannot sign ES256")
+        return key, f"x5t#S256:{thumbprint(chain[0])}"
+
+
+def _signed_at(payload: bytes) -> dt.datetime | None:
+    try:
+        value = orjson.loads(payload).get("aangemaakt_op")
+        when = dt.datetime.fromisoformat(value) if isinstance(value, str) else None
+    except (orjson.JSONDecodeError, AttributeError, ValueError):
+        return None
+    return when if when is not None and when.tzinfo is not None else None
+
 
 def create_generic(settings: ConnectorSettings) -> GenericConnector:
     """`trust_cert` is the organisation's JWKS file; options: `contactopties` (JSON list),
-    `categorieen` (space-separated), `allow_private` ("true" only in sandbox mode)."""
+    `categorieen` (space-separated), `allow_private` ("true" only in sandbox mode), `x509` (a
+    PEM file of the organisation's X.509 trust anchors, for answers that carry `x5c`)."""
     try:
         keys = public_keys(orjson.loads(settings.trust_cert.read_bytes()))
     except (OSError, ValueError) as exc:
         raise ValueError(f"{settings.trust_cert}: not a usable JWKS: {exc}") from exc
+    anchors: tuple[x509.Certificate, ...] = ()
+    if anchor_file := settings.options.get("x509"):
+        try:
+            anchors = load_anchors(Path(anchor_file).read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{anchor_file}: not usable X.509 trust anchors: {exc}") from exc
     contact = orjson.loads(settings.options.get("contactopties", "[]"))
     return GenericConnector(
         settings,
@@ -143,4 +210,5 @@ def create_generic(settings: ConnectorSettings) -> GenericConnector:
         tuple(Contactoptie(c["contactvorm"], c["waarde"], c["omschrijving"]) for c in contact),
         tuple(settings.options.get("categorieen", "").split()),
         allow_private=settings.options.get("allow_private") == "true",
+        anchors=anchors,
     )

@@ -59,6 +59,7 @@ class Document:
     transactie_id: str
     bsn_sha256: str
     gegevens: Gegevens
+    aangemaakt_op: str = ""
 
 
 def bsn_hash(transactie_id: str, bsn: str) -> str:
@@ -152,7 +153,7 @@ def parse_document(payload: bytes | Any, organisatie: Organisatie) -> Document:
             f"document.organisatie must name the registered organisation "
             f"(oin {organisatie.oin}, code {organisatie.code!r})"
         )
-    _datetime(data, "aangemaakt_op", "document")
+    aangemaakt_op = _datetime(data, "aangemaakt_op", "document") or ""
     prefix = f"{organisatie.code}_"
     zaken = tuple(
         _zaak(_obj(item, f"financiele_zaken[{i}]"), f"financiele_zaken[{i}]", prefix)
@@ -169,7 +170,9 @@ def parse_document(payload: bytes | Any, organisatie: Organisatie) -> Document:
     kenmerken = [g.gebeurtenis_kenmerk for z in zaken for g in z.gebeurtenissen]
     if len(kenmerken) != len(set(kenmerken)):
         raise ValueError("gebeurtenis_kenmerk must be unique: each event has its own stable id")
-    return Document(transactie_id, bsn_sha256, Gegevens(zaken, inkomsten, regelingen))
+    return Document(
+        transactie_id, bsn_sha256, Gegevens(zaken, inkomsten, regelingen), aangemaakt_op
+    )
 
 
 def _zaak(data: Mapping[str, Any], path: str, prefix: str) -> FinancieleZaak:

@@ -7,11 +7,13 @@ approved, and appears in bundles through the generic connector (docs/federation.
 `create_app(pki, broken=True)` makes a deliberately non-conforming variant for the conformance
 kit's tests: it signs with a key it does not publish, leaves out the transaction id, gives
 amounts in euros as decimals and date-times without an offset, and answers 404 for a citizen
-without data.
+without data. `create_app(pki, certified=(key, chain))` signs with that key instead and puts
+the certificate chain in the JWS header as `x5c` (for organisations with X.509 anchors).
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import os
 import re
@@ -20,6 +22,7 @@ from typing import Any, Final
 
 import orjson
 from aiohttp import web
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
@@ -64,11 +67,23 @@ def jwks(pki: DevPki) -> dict[str, Any]:
     return {"keys": [public_jwk(public, key_id(public))]}
 
 
-def create_app(pki: DevPki, *, broken: bool = False) -> web.Application:
+def create_app(
+    pki: DevPki,
+    *,
+    broken: bool = False,
+    certified: tuple[ec.EllipticCurvePrivateKey, list[x509.Certificate]] | None = None,
+) -> web.Application:
     key = signing_key(pki)
     rogue = ec.generate_private_key(ec.SECP256R1())
+    header: dict[str, Any] = {}
+    if certified is not None:
+        key = certified[0]
+        header["x5c"] = [
+            base64.b64encode(c.public_bytes(Encoding.DER)).decode() for c in certified[1]
+        ]
     app = web.Application(client_max_size=64 * 1024)
     app[_STATE] = {
+        "header": header,
         "key": rogue if broken else key,
         "kid": key_id((rogue if broken else key).public_key()),
         "jwks": jwks(pki),
@@ -129,9 +144,8 @@ async def _gegevens(request: web.Request) -> web.Response:
     }
     if state["broken"]:
         document = _break(document)
-    token = sign_es256(
-        orjson.dumps(document), state["key"], {"kid": state["kid"], "typ": "JOSE"}, detached=False
-    )
+    header = {"kid": state["kid"], "typ": "JOSE", **state["header"]}
+    token = sign_es256(orjson.dumps(document), state["key"], header, detached=False)
     return web.Response(body=token.encode(), content_type="application/jose")
 
 

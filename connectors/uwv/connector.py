@@ -28,6 +28,7 @@ from gateway.connector import (
     make_herkomst,
     read_limited,
     transport_errors,
+    verify_only_error,
 )
 from gateway.errors import ConfigError, SourceInvalid, SourceUnreachable
 from gateway.models import Contactoptie, Gegevens
@@ -38,8 +39,8 @@ class UwvConnector:
     """Asks UWV's VraagInkomensEnVorderingen service about one citizen."""
 
     def __init__(self, settings: ConnectorSettings, contactopties: tuple[Contactoptie, ...]):
-        tls = client_tls(settings)
-        if tls is None or settings.client_key is None:
+        tls = None if settings.verify_only else client_tls(settings)
+        if not settings.verify_only and (tls is None or settings.client_key is None):
             raise ConfigError(
                 "UWV needs two-sided TLS (Digikoppeling): set client_cert and client_key"
             )
@@ -52,9 +53,11 @@ class UwvConnector:
         self._endpoint = settings.base_url.rstrip("/") + SERVICE_PATH
         trusted = load_certificate(settings.trust_cert)
         self._sleutel_id = certificate_key_id(trusted)
-        self._verifier = XmlSignatureVerifier(trusted, SIGNATURE_SHAPE)
+        self._verifier = XmlSignatureVerifier(trusted, SIGNATURE_SHAPE, settings.max_xml_depth)
 
     async def fetch(self, request: FetchRequest) -> SourceData:
+        if self._tls is None:
+            raise verify_only_error(self.organisatie)
         message_id = f"urn:uuid:{uuid.uuid4()}"
         envelope = build_request(
             to=self._endpoint,

@@ -3,10 +3,10 @@
 # pdftoppm/pdftotext from poppler-utils; certutil from libnss3-tools gives pdfsig our dev root),
 # SoftHSM2 for the PKCS#11 path, the DejaVu fonts embedded in the PDF, chromium for the browser
 # test (driven by Playwright, tests/test_browser.py), and PostgreSQL for the shared store's tests
-# (tests/postgres.py runs its own throw-away server as the `postgres` user). Installs only what
-# is missing.
+# (tests/postgres.py runs its own throw-away server as the `postgres` user), and the zstd tool
+# that decompresses archived documents independently. Installs only what is missing.
 set -euo pipefail
-packages=(xmlsec1 openssl poppler-utils libnss3-tools softhsm2 fonts-dejavu-core chromium postgresql)
+packages=(xmlsec1 openssl poppler-utils libnss3-tools softhsm2 fonts-dejavu-core chromium postgresql zstd)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -39,9 +39,14 @@ from gateway.audit.archive_files import (
     run_archiver,
     verify_archive,
 )
-from gateway.config import KafkaConfig, Settings, connector_factory, load_keys, load_settings
-from gateway.connector import Connector
-from gateway.errors import BlauweKnopError, ConfigError
+from gateway.config import (
+    KafkaConfig,
+    Settings,
+    load_keys,
+    load_settings,
+    verification_connectors,
+)
+from gateway.errors import ConfigError
 from gateway.sign import jwk_thumbprint
 from gateway.verify import Trust
 
@@ -192,16 +197,9 @@ def _write(result: Reproduction, output: Path) -> None:
 
 
 def _trust(settings: Settings, jwks_file: Path | None) -> Trust:
-    connectors: dict[str, Connector] = {}
-    for org in settings.organisations:
-        try:
-            connectors[org.settings.organisatie.code] = connector_factory(org.connector)(
-                org.settings
-            )
-        except (BlauweKnopError, OSError) as exc:
-            raise ConfigError(
-                f"cannot set up {org.connector} to re-verify its signatures: {exc}"
-            ) from exc
+    connectors, problems = verification_connectors(settings)
+    if problems:
+        raise ConfigError("; ".join(problems))
     if jwks_file is not None:
         try:
             data = jwks_file.read_bytes()

@@ -16,6 +16,9 @@ still holds the partition. Whoever gets the partition rebuilds the tree from off
 tree is a pure function of the topic), checks that it reproduces the root of the last
 published checkpoint, and continues after it. A topic that no longer matches its own last
 checkpoint is a tampered topic: it stops with an error rather than sign a rewritten history.
+
+Metrics (`CheckpointerMetrics`): `blauweknop audit checkpointer` serves them at /metrics on
+`[audit] checkpointer_metrics_port`, with /healthz for a liveness probe.
 """
 
 from __future__ import annotations
@@ -29,10 +32,13 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from connectors._sandbox.runner import serve_app
 from gateway.audit import CHECKPOINTS_TOPIC, EVENTS_TOPIC
 from gateway.audit._internal.merkle import CompactRange, leaf_hash
 from gateway.audit.checkpoint import (
@@ -50,7 +56,9 @@ from gateway.audit.kafka import client_options, producer_options
 from gateway.audit.stream import read_topic, topic_offsets
 from gateway.config import KafkaConfig, Settings
 from gateway.errors import AuditStreamError, BlauweKnopError, ConfigError
-from gateway.tsa import TimestampError, TsaTrust, TsaUnavailable, request_timestamp
+from gateway.metrics import CheckpointerMetrics
+from gateway.tsa import Timestamp, TimestampError, TsaTrust, TsaUnavailable, request_timestamp
+from gateway.tsa.client import verify_timestamp
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +81,8 @@ class CheckpointerSettings:
     checkpoints_topic: str = CHECKPOINTS_TOPIC
     session_timeout_seconds: float = 10.0
     tsa_timeout_seconds: float = 10.0
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None  # None: no /metrics listener (tests, the demo stack)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CheckpointerSettings:
@@ -88,6 +98,8 @@ class CheckpointerSettings:
             every_events=c.every_events,
             every_seconds=c.every_seconds,
             group_id=c.group_id,
+            metrics_host=settings.host,
+            metrics_port=c.metrics_port,
         )
 
 
@@ -115,8 +127,11 @@ class _Log:
 
 
 class Checkpointer:
-    def __init__(self, settings: CheckpointerSettings) -> None:
+    def __init__(
+        self, settings: CheckpointerSettings, metrics: CheckpointerMetrics | None = None
+    ) -> None:
         self.settings = settings
+        self.metrics = metrics or CheckpointerMetrics()
         self.published: list[Checkpoint] = []
         self._log: _Log | None = None
 
@@ -141,13 +156,14 @@ class Checkpointer:
                 try:
                     batch = await consumer.getmany(timeout_ms=self._wait_ms(), max_records=5000)
                 except KafkaError as exc:
+                    self.metrics.failures.labels("read").inc()
                     raise AuditStreamError(f"reading {s.events_topic} failed: {exc}") from exc
                 if listener.changed:
                     listener.changed = False
                     if tp in consumer.assignment():
                         await self._resync(consumer, tp)
                     else:
-                        self._log = None
+                        self._set_inactive()
                     continue  # the batch may predate the seek: read again from the new position
                 state = self._log
                 if state is None:
@@ -160,10 +176,23 @@ class Checkpointer:
                     self._append(state, message.value or b"")
                     if len(state.pending) // 32 >= s.every_events:
                         await self._publish(state, consumer, tp, producer, session, stop)
+                self.metrics.pending.set(len(state.pending) // 32)
                 if state.pending_since is not None and (
                     time.monotonic() - state.pending_since >= s.every_seconds
                 ):
                     await self._publish(state, consumer, tp, producer, session, stop)
+
+    def _set_inactive(self) -> None:
+        self._log = None
+        self.metrics.active.set(0)
+        self.metrics.pending.set(0)
+
+    def _observe(self, checkpoint: Checkpoint, stamp: Timestamp) -> None:
+        """The newest signed checkpoint, for the age and size metrics."""
+        self.metrics.last_timestamp.set(stamp.time.timestamp())
+        self.metrics.tree_size.set(checkpoint.size)
+        if stamp.tsa_not_after is not None:
+            self.metrics.tsa_not_after.set(stamp.tsa_not_after.timestamp())
 
     def _wait_ms(self) -> int:
         state = self._log
@@ -195,6 +224,7 @@ class Checkpointer:
         """Find the last published checkpoint and rebuild the tree from offset 0."""
         s = self.settings
         last: Checkpoint | None = None
+        last_stamp = b""
         verifier = s.signer.verifier
         async with contextlib.aclosing(read_topic(s.kafka, s.checkpoints_topic)) as records:
             async for record in records:
@@ -205,7 +235,7 @@ class Checkpointer:
                     log.warning("checkpoint record at offset %d ignored: %s", record.offset, exc)
                     continue
                 if last is None or checkpoint.size >= last.size:
-                    last = checkpoint
+                    last, last_stamp = checkpoint, parsed.timestamp
         # The partition's offsets from a plain (group-less) reader: Tansu answers a group
         # member's ListOffsets with stale values right after a rebalance.
         beginning = (await topic_offsets(s.kafka, s.events_topic)).beginning
@@ -217,6 +247,14 @@ class Checkpointer:
             )
         size = last.size if last else 0
         self._log = _Log(CompactRange(), size, last.root if last else None, bytearray())
+        self.metrics.active.set(1)
+        if last is not None:
+            # The age metric counts from the newest checkpoint on the topic, not from our start:
+            # a checkpointer restarting in a loop must not look fresh.
+            try:
+                self._observe(last, verify_timestamp(last_stamp, last.text().encode(), s.tsa_trust))
+            except TimestampError as exc:
+                log.warning("the newest checkpoint's time-stamp does not verify: %s", exc)
         consumer.seek(tp, 0)
         log.info("checkpointer active: rebuilding from offset 0, last checkpoint size %d", size)
 
@@ -246,6 +284,7 @@ class Checkpointer:
                 break
             except (TsaUnavailable, TimestampError) as exc:
                 # No checkpoint without a time-stamp; the events wait (bounded ranges).
+                self.metrics.failures.labels("timestamp").inc()
                 log.error("checkpoint %d not time-stamped, retrying: %s", checkpoint.size, exc)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
@@ -253,7 +292,7 @@ class Checkpointer:
                     return
                 delay = min(delay * 2, 10.0)
         if tp not in consumer.assignment():
-            self._log = None
+            self._set_inactive()
             return  # another checkpointer took over meanwhile; it publishes from now on
         record = CheckpointRecord(note, stamp.response, state.published_size, bytes(state.pending))
         try:
@@ -261,6 +300,7 @@ class Checkpointer:
                 s.checkpoints_topic, record.to_json(), key=str(checkpoint.size).encode()
             )
         except KafkaError as exc:
+            self.metrics.failures.labels("publish").inc()
             raise AuditStreamError(
                 f"checkpoint {checkpoint.size} could not be published to "
                 f"{s.checkpoints_topic}: {exc}"
@@ -270,6 +310,9 @@ class Checkpointer:
         state.pending = bytearray()
         state.pending_since = None
         self.published.append(checkpoint)
+        self.metrics.published.inc()
+        self.metrics.pending.set(0)
+        self._observe(checkpoint, stamp)
         log.info(
             "checkpoint published: size %d, time-stamped %s",
             checkpoint.size,
@@ -321,6 +364,28 @@ class Checkpointer:
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(consumer.stop(), 5)
+
+
+@contextlib.asynccontextmanager
+async def serve_metrics(metrics: CheckpointerMetrics, host: str, port: int) -> AsyncIterator[str]:
+    """The checkpointer's /metrics (Prometheus) and /healthz (liveness); yields the base URL."""
+
+    async def scrape(request: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    app = web.Application()
+    app.router.add_get("/metrics", scrape)
+    app.router.add_get("/healthz", healthz)
+    runner, bound = await serve_app(app, host=host, port=port)
+    try:
+        yield f"http://{host}:{bound}"
+    finally:
+        await runner.cleanup()
 
 
 @contextlib.asynccontextmanager

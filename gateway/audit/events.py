@@ -165,7 +165,7 @@ class AuditTrail:
                     "burger": pseudonym,
                     "bundel_id": bundel_id,
                     "bundel_sha256": canonical_sha256,
-                    "formaten": {d.formaat: d.sha256 for d in documents},
+                    "formaten": {s.formaat: s.sha256 for s in sealed},
                     "organisaties": {b.organisatie.code: b.status for b in bronnen},
                 },
             )

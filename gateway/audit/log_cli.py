@@ -34,7 +34,7 @@ from gateway.audit.checkpoint import (
     tsa_trust,
     write_signing_key,
 )
-from gateway.audit.checkpointer import Checkpointer, CheckpointerSettings
+from gateway.audit.checkpointer import Checkpointer, CheckpointerSettings, serve_metrics
 from gateway.audit.prove import check_proof_document, prove_transaction
 from gateway.audit.verify import read_since_file, verify_log
 from gateway.config import KafkaConfig, Settings
@@ -148,7 +148,13 @@ async def run_checkpointer(config: CheckpointerSettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await Checkpointer(config).run(stop)
+    checkpointer = Checkpointer(config)
+    if config.metrics_port is None:
+        await checkpointer.run(stop)
+        return
+    async with serve_metrics(checkpointer.metrics, config.metrics_host, config.metrics_port) as url:
+        print(f"checkpointer metrics at {url}/metrics", flush=True)
+        await checkpointer.run(stop)
 
 
 def _verify(args: argparse.Namespace, resolve: Resolve) -> int:

@@ -11,6 +11,18 @@ When the broker hangs, dies, or is replaced by a fresh one, the relay drops its 
 record not yet acknowledged. Records that did reach the old broker may so arrive twice; a
 duplicate carries the same event id and the same bytes. The first copy of every event is always
 in outbox order.
+
+Sent records stay in the outbox for `keep_sent_seconds` (a window in which an operator can still
+replay them should a Kafka cluster lose acknowledged data), then the relay deletes them, so the
+outbox holds a bounded amount however long the gateway runs.
+
+One relay publishes at a time across all replicas on one store: each relay competes for the
+store's leadership role `audit-relay` (a PostgreSQL advisory lock; with SQLite the one process
+leads). The others stand by, report the backlog, and take over within a few seconds when the
+leader stops or dies. The leader confirms its role with the store before every batch, so a
+leader cut off from the store stops publishing; a batch it had already sent may then arrive
+again from the new leader, with the same ids and bytes (at least once, as above). Only the
+leader prunes.
 """
 
 from __future__ import annotations
@@ -31,7 +43,7 @@ from gateway.audit.kafka import producer_options
 from gateway.config import KafkaConfig
 from gateway.errors import ConfigError
 from gateway.metrics import Metrics
-from gateway.store import OutboxRecord, Store, StoreUnavailable
+from gateway.store import Leadership, OutboxRecord, Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +51,11 @@ _FIRST_BACKOFF = 0.2
 _MAX_BACKOFF = 5.0
 _LINGER = 0.05  # seconds between batches while the relay keeps up
 _BACKLOG_EVERY = 1.0  # seconds between backlog gauge updates
+_PRUNE_EVERY = 60.0  # seconds between deletions of sent records, at most
 _STOP_PRODUCER = 3.0  # seconds a producer may take to close before it is torn down
 _UNKNOWN_TOPIC = 3  # Kafka error code UNKNOWN_TOPIC_OR_PARTITION
 _RECORD_OVERHEAD = 128  # record batch header and one record's framing, generously
+ROLE = "audit-relay"  # the store's leadership role: one publishing relay across replicas
 
 
 class Relay:
@@ -53,12 +67,20 @@ class Relay:
         *,
         topic: str = EVENTS_TOPIC,
         idle_seconds: float = 0.1,
+        keep_sent_seconds: float = 3600.0,
+        leader_retry_seconds: float = 2.0,
     ) -> None:
         self.store = store
         self.config = config
         self.metrics = metrics or Metrics()
         self.topic = topic
         self.idle_seconds = idle_seconds
+        self.keep_sent_seconds = keep_sent_seconds
+        # A short window is pruned more often, so the outbox never holds much more than it.
+        self._prune_every = min(_PRUNE_EVERY, max(keep_sent_seconds, 1.0))
+        self._pruned_at = time.monotonic()
+        self.leader_retry_seconds = leader_retry_seconds
+        self._leading = False
         self._producer: Any = None
         self._task: asyncio.Task[None] | None = None
         self._draining = False
@@ -100,18 +122,57 @@ class Relay:
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
+    @property
+    def leading(self) -> bool:
+        """Whether this relay is the one that publishes (else it stands by)."""
+        return self._leading
+
     # -- the loop --------------------------------------------------------------------------
 
     async def run(self) -> None:
+        async with self.store.leadership(ROLE, retry_seconds=self.leader_retry_seconds) as lead:
+            try:
+                await self._relay(lead)
+            finally:
+                self._set_leading(False)
+
+    def _set_leading(self, leading: bool) -> None:
+        if leading != self._leading:
+            log.info(
+                "audit relay %s",
+                "leads: this replica publishes the outbox"
+                if leading
+                else "stands by: another replica publishes the outbox",
+            )
+        self._leading = leading
+        self.metrics.audit_relay_leader.set(1 if leading else 0)
+
+    async def _stand_by(self, lead: Leadership) -> None:
+        """Not the leader: no producer, the backlog still reported, wait for the role."""
+        self._set_leading(False)
+        await self._drop_producer()
+        self.metrics.audit_backlog.set(await self.store.backlog())
+        await lead.wait(self.leader_retry_seconds)
+
+    async def _relay(self, lead: Leadership) -> None:
         backoff = _FIRST_BACKOFF
         while True:
             try:
+                if not lead.held:
+                    if self._draining:
+                        return
+                    await self._stand_by(lead)
+                    continue
+                self._set_leading(True)
+                await self._prune()  # the leader only: one replica deletes, as one publishes
                 records = await self.store.unsent(self._read_limit)
                 await self._update_backlog(len(records))
                 if not records:
                     if self._draining:
                         return
                     await self._idle()
+                    continue
+                if not await lead.confirm():  # lost since the last check: publish nothing
                     continue
                 count = await self._publish(records)
                 await self.store.mark_sent([r.seq for r in records[:count]])
@@ -148,6 +209,14 @@ class Relay:
                     return
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF)
+
+    async def _prune(self) -> None:
+        if time.monotonic() - self._pruned_at < self._prune_every:
+            return
+        self._pruned_at = time.monotonic()
+        pruned = await self.store.prune_sent(self.keep_sent_seconds)
+        if pruned:
+            log.debug("deleted %d sent outbox records", pruned)
 
     async def _idle(self) -> None:
         self._wake.clear()

@@ -56,6 +56,7 @@ from gateway.authz.proofs import (
 )
 from gateway.authz.registry import CLIENT_KEY_ALGORITHMS, Registry
 from gateway.bodies import read_form
+from gateway.browser_security import strict_csp
 from gateway.documents.service import MEDIA_TYPES
 from gateway.documents.web import DOCUMENTS
 from gateway.errors import ConfigError, DocumentUnavailable, MalformedRequest, OAuthError
@@ -448,11 +449,7 @@ def _reused_login(transaction: Transaction, citizen: Citizen) -> bool:
 def _consent_csp(redirect_uri: str) -> str:
     parts = urlsplit(redirect_uri)
     # Browsers apply form-action to the redirect after the form, so the portal must be named.
-    return (
-        "default-src 'none'; style-src 'self'; img-src 'self'; "
-        f"form-action 'self' {parts.scheme}://{parts.netloc}; base-uri 'none'; "
-        "frame-ancestors 'none'"
-    )
+    return strict_csp(form_action=f"'self' {parts.scheme}://{parts.netloc}")
 
 
 async def _consent_page(request: web.Request) -> web.StreamResponse:

@@ -13,12 +13,12 @@ from typing import Any
 
 from aiohttp import web
 
-from connectors._sandbox.runner import serve_app
 from gateway.app import create_app
 from gateway.config import sandbox_organisation_table, settings_from_mapping
 from gateway.demo.digid import gateway_client, start_digid
 from gateway.demo.portal.app import PortalConfig, create_portal_app
 from gateway.demo.portal.keys import ensure_client_key
+from gateway.limits import serve_gateway
 from gateway.pki import DevPki
 
 
@@ -60,7 +60,7 @@ async def start_demo_stack(state_dir: Path, **overrides: Any) -> RunningStack:
                 **overrides,
             }
         )
-        runner, port = await serve_app(create_app(settings))
+        runner, port = await serve_gateway(create_app(settings), settings.limits)
         running.runners.append(runner)
         running.gateway_url = f"http://127.0.0.1:{port}"
         registration = gateway_client(settings.oidc.client_id, [running.gateway_url])

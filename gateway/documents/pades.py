@@ -80,11 +80,22 @@ def attachments(reader: PdfFileReader) -> tuple[tuple[str, bytes], ...]:
 
 
 def check_pades(
-    data: bytes, roots: Sequence[x509.Certificate], at: dt.datetime | None = None
+    data: bytes,
+    roots: Sequence[x509.Certificate],
+    at: dt.datetime | None = None,
+    *,
+    max_pages: int | None = None,
 ) -> PadesResult:
+    """Validate the PDF's one seal; `max_pages` refuses longer documents before any work."""
     moment = at or dt.datetime.now(dt.UTC)
     try:
         reader = PdfFileReader(io.BytesIO(data), strict=True)
+        if max_pages is not None:
+            pages = reader.root["/Pages"]["/Count"]
+            if not isinstance(pages, int) or not 0 < pages <= max_pages:
+                raise VerificationError(
+                    f"the PDF has {pages} pages; at most {max_pages} are checked"
+                )
         signatures = reader.embedded_regular_signatures
     except (PdfError, ValueError, KeyError, TypeError) as exc:
         raise VerificationError(f"not a readable PDF: {exc}") from exc

@@ -27,15 +27,14 @@ from typing import Any
 
 from cryptography import x509
 
-from gateway.config import Settings, connector_factory, load_keys
-from gateway.connector import Connector
+from gateway.config import Settings, load_keys, verification_connectors
 from gateway.documents import pdf as certified_pdf
 from gateway.documents import xml as bundel_xml
 from gateway.documents.devtsa import start_dev_tsa_process
 from gateway.documents.devtsa import stop as stop_dev_tsa
 from gateway.documents.layout import register_fonts
 from gateway.documents.pades import check_pades
-from gateway.documents.verify import DocumentTrust, Verdict, verify_file
+from gateway.documents.verify import DocumentTrust, Verdict, VerifyLimits, verify_file
 from gateway.errors import ConfigError, DocumentUnavailable
 from gateway.sign import KeyRing, SignedBundel
 
@@ -86,17 +85,16 @@ def trust_roots(settings: Settings) -> tuple[x509.Certificate, ...]:
 
 def document_trust(settings: Settings) -> DocumentTrust:
     """The roots and the organisations' connectors (to re-check each source's signature)."""
-    connectors: dict[str, Connector] = {}
-    for org in settings.organisations:
-        try:
-            connector = connector_factory(org.connector)(org.settings)
-        except (OSError, ValueError) as exc:
-            # Without the organisation's certificate its sources show as "not checked", and
-            # the verdict says so; that is clearer than refusing to verify anything.
-            log.warning("cannot check %s's own signatures: %s", org.connector, exc)
-            continue
-        connectors[connector.organisatie.code] = connector
-    return DocumentTrust(trust_roots(settings), connectors)
+    connectors, problems = verification_connectors(settings)
+    # Without an organisation's certificate its sources show as "not checked", and the verdict
+    # says so; that is clearer than refusing to verify anything.
+    for problem in problems:
+        log.warning("%s", problem)
+    documents = settings.documents
+    limits = VerifyLimits(
+        documents.max_verify_bytes, documents.max_xml_depth, documents.max_pdf_pages
+    )
+    return DocumentTrust(trust_roots(settings), connectors, limits)
 
 
 def _crls(settings: Settings) -> tuple[bytes, ...]:

@@ -46,8 +46,19 @@ from gateway.verify import (
 )
 
 Format = Literal["json", "jws", "xml", "pdf"]
-MAX_FILE_BYTES = 64 * 1024 * 1024
-MAX_ATTACHMENT_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyLimits:
+    """How much work one file handed in for verification may cause (`[documents]`).
+
+    The same for `POST /v1/verify`, `/verifieer` and `blauweknop verify`, and for the files
+    attached to a PDF, which are checked with these limits too.
+    """
+
+    max_bytes: int = 20 * 1024 * 1024
+    max_xml_depth: int = bundel_xml.DEFAULT_MAX_DEPTH
+    max_pdf_pages: int = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +67,7 @@ class DocumentTrust:
 
     roots: tuple[x509.Certificate, ...]
     connectors: Mapping[str, Connector] = field(default_factory=dict)
+    limits: VerifyLimits = field(default_factory=VerifyLimits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,8 +140,8 @@ def verify_file(
     """Check one download; never raises for a bad document, only reports (`ok` False)."""
     fmt: Format = "json"
     try:
-        if len(data) > MAX_FILE_BYTES:
-            raise VerificationError(f"the file is larger than {MAX_FILE_BYTES} bytes")
+        if len(data) > trust.limits.max_bytes:
+            raise VerificationError(f"the file is larger than {trust.limits.max_bytes} bytes")
         fmt = detect_format(data, name)
         if fmt == "pdf":
             return _verify_pdf(data, trust, at)
@@ -254,7 +266,7 @@ def _verify_jose(data: bytes, fmt: Format, trust: DocumentTrust, at: dt.datetime
 
 
 def _verify_xml(data: bytes, trust: DocumentTrust, at: dt.datetime | None) -> Verdict:
-    seal = bundel_xml.verify_xml_seal(data)
+    seal = bundel_xml.verify_xml_seal(data, max_depth=trust.limits.max_xml_depth)
     when = seal.signing_time or dt.datetime.fromisoformat(seal.document["uitgegeven_op"])
     check_chain(seal.chain, trust.roots, at or when)
     public = seal.chain[0].public_key()
@@ -268,7 +280,7 @@ def _verify_xml(data: bytes, trust: DocumentTrust, at: dt.datetime | None) -> Ve
 
 
 def _verify_pdf(data: bytes, trust: DocumentTrust, at: dt.datetime | None) -> Verdict:
-    pades = check_pades(data, trust.roots, at)
+    pades = check_pades(data, trust.roots, at, max_pages=trust.limits.max_pdf_pages)
     attachments: list[Verdict] = []
     # The time-stamp proves the attachments existed then: their seals are judged at that moment.
     for name, content in pades.attachments:
@@ -299,4 +311,11 @@ def _verify_pdf(data: bytes, trust: DocumentTrust, at: dt.datetime | None) -> Ve
     )
 
 
-__all__ = ["DocumentTrust", "Verdict", "check_chain", "detect_format", "verify_file"]
+__all__ = [
+    "DocumentTrust",
+    "Verdict",
+    "VerifyLimits",
+    "check_chain",
+    "detect_format",
+    "verify_file",
+]

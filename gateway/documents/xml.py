@@ -35,6 +35,7 @@ from signxml.xades import (  # type: ignore[attr-defined]
     XAdESVerifier,
 )
 
+from gateway.connector import xml_deeper_than
 from gateway.errors import SchemaViolation, VerificationError
 from gateway.models import Bundel
 
@@ -44,6 +45,9 @@ XADES_NS = "http://uri.etsi.org/01903/v1.3.2#"
 XSD_FILE = "bundel-v1.xsd"
 MEDIA_TYPE = "application/xml"
 MAX_XML_BYTES = 64 * 1024 * 1024
+# The sealed bundle nests about twelve deep with its XAdES signature; `[documents]
+# max_xml_depth` can lower or raise this bound on what verification parses.
+DEFAULT_MAX_DEPTH = 32
 
 # Array member -> the element name of one item.
 ITEM_NAMES: Mapping[str, str] = {
@@ -80,7 +84,7 @@ def _strict_parser() -> etree.XMLParser:
     )
 
 
-def parse_strict(data: bytes) -> etree._Element:
+def parse_strict(data: bytes, max_depth: int = DEFAULT_MAX_DEPTH) -> etree._Element:
     """Parse untrusted XML; refuse DTDs and entities instead of guessing what they mean."""
     if len(data) > MAX_XML_BYTES:
         raise VerificationError(f"the XML document is larger than {MAX_XML_BYTES} bytes")
@@ -96,6 +100,8 @@ def parse_strict(data: bytes) -> etree._Element:
         raise VerificationError("the XML document has a DTD; it is not allowed")
     for _ in root.iter(etree.Entity):
         raise VerificationError("the XML document uses entities; they are not allowed")
+    if xml_deeper_than(root, max_depth):
+        raise VerificationError(f"the XML document nests deeper than {max_depth} elements")
     return root
 
 
@@ -240,12 +246,14 @@ def certificates_in_signature(root: etree._Element) -> tuple[x509.Certificate, .
     return tuple(certs)
 
 
-def verify_xml_seal(data: bytes, signer_cert: x509.Certificate | None = None) -> XmlSeal:
+def verify_xml_seal(
+    data: bytes, signer_cert: x509.Certificate | None = None, max_depth: int = DEFAULT_MAX_DEPTH
+) -> XmlSeal:
     """Check the XML seal's mathematics against the signature's own certificate.
 
     Whether that certificate is trusted is the caller's question (see gateway.documents.verify).
     """
-    root = parse_strict(data)
+    root = parse_strict(data, max_depth)
     validate_xml(root)
     chain = certificates_in_signature(root)
     cert = signer_cert or chain[0]

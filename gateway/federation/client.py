@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ssl
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -38,14 +40,71 @@ def organisation_request(
 
 def approval_request(admin_key: ec.EllipticCurvePrivateKey, oin: str, versie: int) -> str:
     """A federation administrator's approval of the entry's version `versie`."""
+    return admin_request(admin_key, "goedkeuren", oin, versie=versie)
+
+
+def admin_request(
+    admin_key: ec.EllipticCurvePrivateKey,
+    actie: Actie,
+    oin: str,
+    *,
+    versie: int | None = None,
+    reden: str | None = None,
+) -> str:
+    """An administrator's `goedkeuren`, `schorsen`, `herstellen` or `intrekken`."""
     return sign_request(
         key=admin_key,
         kid=key_id(admin_key.public_key()),
-        actie="goedkeuren",
+        actie=actie,
         oin=oin,
         iss=ADMIN_ISSUER,
         versie=versie,
+        reden=reden,
     )
+
+
+def withdrawal_request(
+    key: ec.EllipticCurvePrivateKey,
+    oin: str,
+    *,
+    versie: int | None = None,
+    reden: str | None = None,
+) -> str:
+    """The organisation withdraws itself, signed with a key of its registered JWKS."""
+    return sign_request(
+        key=key,
+        kid=key_id(key.public_key()),
+        actie="intrekken",
+        oin=oin,
+        iss=oin,
+        versie=versie,
+        reden=reden,
+    )
+
+
+def mtls_context(cert: Path, key: Path, ca: Path | None) -> ssl.SSLContext:
+    """A TLS client context presenting the organisation's certificate (chain) and key."""
+    context = ssl.create_default_context(cafile=str(ca) if ca else None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(cert), str(key))
+    return context
+
+
+async def send_mtls(
+    session: aiohttp.ClientSession,
+    gateway_url: str,
+    request: dict[str, Any],
+    context: ssl.SSLContext,
+) -> tuple[int, dict[str, Any]]:
+    """A registry request as plain JSON over mTLS (`[federation] mtls_port` listener)."""
+    async with session.post(
+        gateway_url.rstrip("/") + PATH_REQUESTS,
+        data=orjson.dumps(request),
+        headers={"Content-Type": "application/json"},
+        ssl=context,
+    ) as response:
+        body = await response.read()
+        return response.status, orjson.loads(body) if body else {}
 
 
 async def send(

@@ -3,10 +3,13 @@
 Each check names what it tested; a failed check says what is wrong and how to fix it. The kit
 calls the provider the way the gateway's generic connector does, with the test citizens of the
 sandbox (CONTEXT: every sandbox knows them), and reads the answers with the same strict code.
+An answer signed with an `x5c` certificate chain is checked against the X.509 anchors the
+organisation will register, when it gives them (`--x509`).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -15,12 +18,15 @@ from typing import Any
 
 import aiohttp
 import orjson
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from connectors.generic.connector import GEGEVENS_PATH, JWKS_PATH, MEDIA_TYPE
 from connectors.generic.mapping import _RFC3339, DOCUMENT_TYPE, bsn_hash, parse_document
 from gateway import jws
 from gateway.connector import read_limited
 from gateway.errors import VerificationError
+from gateway.federation.certs import CertificateRefused, parse_x5c, verify_chain
 from gateway.federation.registry import public_keys
 from gateway.models import Organisatie
 
@@ -62,13 +68,18 @@ class Report:
 
 
 async def check_provider(
-    url: str, session: aiohttp.ClientSession, *, oin: str | None = None, code: str | None = None
+    url: str,
+    session: aiohttp.ClientSession,
+    *,
+    oin: str | None = None,
+    code: str | None = None,
+    anchors: tuple[x509.Certificate, ...] = (),
 ) -> Report:
     url = url.rstrip("/")
     findings: list[Finding] = []
     keys = await _check_jwks(url, session, findings)
     for bsn, label in ((WITH_DATA, "citizen with data"), (WITHOUT_DATA, "citizen without data")):
-        await _check_answer(url, session, bsn, label, keys, findings, oin, code)
+        await _check_answer(url, session, bsn, label, keys, findings, oin, code, anchors)
     await _check_invalid_bsn(url, session, findings)
     return Report(url, tuple(findings))
 
@@ -102,6 +113,7 @@ async def _check_answer(
     findings: list[Finding],
     oin: str | None,
     code: str | None,
+    anchors: tuple[x509.Certificate, ...] = (),
 ) -> None:
     tx = str(uuid.uuid4())
     body = {"transactie_id": tx, "burgerservicenummer": bsn, "categorieen": ["financiele-zaken"]}
@@ -160,6 +172,10 @@ async def _check_answer(
     signed = False
     if parsed.header.get("alg") != "ES256":
         detail, fix = f"alg {parsed.header.get('alg')!r}", "sign with ES256"
+    elif "x5c" in parsed.header:
+        named = payload.get("organisatie") if isinstance(payload, dict) else None
+        claimed = oin or (str(named.get("oin")) if isinstance(named, dict) else "")
+        signed, detail, fix = _certified(raw, parsed.header["x5c"], anchors, claimed)
     elif not isinstance(kid, str) or kid not in keys:
         detail = f"kid {kid!r} is not in the published JWKS"
         fix = "sign with a key whose public half is in the JWKS you register (same kid)"
@@ -194,6 +210,33 @@ async def _check_answer(
                     "follow docs/provider-api.yaml (FCID conventions, CONTEXT §4)",
                 )
             )
+
+
+def _certified(
+    raw: bytes, x5c: object, anchors: tuple[x509.Certificate, ...], oin: str
+) -> tuple[bool, str, str]:
+    """An x5c answer: the leaf key signs; the chain ends in `anchors` (when given)."""
+    try:
+        chain = parse_x5c(x5c)
+        key = chain[0].public_key()
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            raise CertificateRefused("the x5c leaf has no EC P-256 key")
+        jws.verify_es256(raw, key)
+        if not anchors:
+            return True, "x5c leaf signs; chain not checked (give --x509 with your anchors)", ""
+        verify_chain(
+            chain[0], chain[1:], anchors, oin=oin, at=dt.datetime.now(dt.UTC), purpose="signing"
+        )
+    except CertificateRefused as exc:
+        return (
+            False,
+            str(exc),
+            "send x5c leaf first, chained to the x509 anchors you register; the leaf names your "
+            "OIN (subject serialNumber), allows signing and is valid now",
+        )
+    except VerificationError as exc:
+        return False, str(exc), "sign with the private key of the x5c leaf certificate"
+    return True, "x5c chain ends in a registered anchor", ""
 
 
 def _document_findings(label: str, doc: dict[str, Any], tx: str, bsn: str) -> Iterator[Finding]:

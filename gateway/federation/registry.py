@@ -10,7 +10,12 @@ body inside it. Rules:
   possession); the entry waits as `aangemeld` until a federation administrator approves it;
 - `wijzigen` (update): signed by a key in the *currently registered* JWKS of that OIN, so only
   the organisation itself can change its entry (and rotate its keys);
-- `goedkeuren` (approve): signed by a federation administrator key (`[federation] admin_jwks`).
+- `goedkeuren` (approve): signed by a federation administrator key (`[federation] admin_jwks`);
+- `intrekken` (withdraw): by the organisation itself or an administrator; it is no longer asked;
+- `schorsen` (suspend) and `herstellen` (reinstate): by an administrator.
+
+An organisation may also send its requests as plain JSON over mTLS, authenticated by its
+PKIoverheid-style client certificate instead of a signature (gateway.federation.certs).
 
 Each accepted change is audited as `registratie.gewijzigd`. Parsing is strict and bounded: a
 registration request comes from outside and may be hostile.
@@ -29,11 +34,11 @@ from typing import Any, Literal, cast
 
 import jwt
 import orjson
-from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway import jws
 from gateway.errors import BlauweKnopError, VerificationError
+from gateway.federation.certs import MAX_ANCHORS, load_anchors
 from gateway.federation.safety import UnsafeAddress, check_url
 from gateway.models import Contactoptie, Organisatie
 
@@ -47,8 +52,22 @@ MAX_KEYS = 8
 MAX_CONTACTOPTIES = 10
 MAX_TEXT = 500
 
-Status = Literal["aangemeld", "goedgekeurd"]
-Actie = Literal["aanmelden", "wijzigen", "goedkeuren"]
+Status = Literal["aangemeld", "goedgekeurd", "geschorst", "ingetrokken"]
+Actie = Literal["aanmelden", "wijzigen", "goedkeuren", "intrekken", "schorsen", "herstellen"]
+Methode = Literal["private_key_jwt", "mtls"]
+STATUSES: tuple[Status, ...] = ("aangemeld", "goedgekeurd", "geschorst", "ingetrokken")
+ACTIES: tuple[Actie, ...] = (
+    "aanmelden",
+    "wijzigen",
+    "goedkeuren",
+    "intrekken",
+    "schorsen",
+    "herstellen",
+)
+# What an organisation may ask about its own entry, and what an administrator may do.
+ORGANISATION_ACTIES: frozenset[str] = frozenset({"aanmelden", "wijzigen", "intrekken"})
+ADMIN_ACTIES: frozenset[str] = frozenset({"goedkeuren", "intrekken", "schorsen", "herstellen"})
+_PLAIN_FIELDS = frozenset({"actie", "oin", "inschrijving", "versie", "reden"})
 
 OIN_PATTERN = re.compile(r"[0-9]{20}")
 CODE_PATTERN = re.compile(r"[a-z]{2,5}|gm[0-9]{4}")
@@ -128,21 +147,32 @@ class Registratie:
     status: Status
     version: int = 0
     seq: int = 0
+    reden: str | None = None
 
     @property
     def actief(self) -> bool:
         return self.status == "goedgekeurd"
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps({"inschrijving": self.inschrijving.to_json(), "status": self.status})
+        data: dict[str, Any] = {"inschrijving": self.inschrijving.to_json(), "status": self.status}
+        if self.reden is not None:
+            data["reden"] = self.reden
+        return orjson.dumps(data)
 
     @classmethod
     def from_bytes(cls, body: bytes, version: int, seq: int, rules: Rules) -> Registratie:
         data = orjson.loads(body)
         status = data["status"]
-        if status not in ("aangemeld", "goedgekeurd"):
+        if status not in STATUSES:
             raise ValueError(f"unknown status {status!r}")
-        return cls(parse_entry(data["inschrijving"], rules), status, version, seq)
+        reden = data.get("reden")
+        return cls(
+            parse_entry(data["inschrijving"], rules),
+            status,
+            version,
+            seq,
+            reden if isinstance(reden, str) else None,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,9 +261,9 @@ def parse_entry(data: Any, rules: Rules) -> Inschrijving:
         if not isinstance(x509_pem, str) or len(x509_pem) > 16 * 1024:
             raise ValueError("x509 must be a PEM certificate of at most 16 KiB")
         try:
-            x509.load_pem_x509_certificates(x509_pem.encode())
+            load_anchors(x509_pem)
         except ValueError as exc:
-            raise ValueError(f"x509 is not a PEM certificate: {exc}") from exc
+            raise ValueError(f"x509 must be 1 to {MAX_ANCHORS} PEM certificates: {exc}") from exc
     if connector != "generic" and x509_pem is None:
         raise ValueError(f"the {connector} connector pins an X.509 certificate: give x509")
     categorieen = data.get("categorieen")
@@ -282,11 +312,13 @@ class Verzoek:
     actie: Actie
     oin: str
     iss: str
-    jti: str
+    jti: str | None
     exp: float
     inschrijving: Mapping[str, Any] | None
     versie: int | None
     kid: str
+    reden: str | None = None
+    methode: Methode = "private_key_jwt"
 
 
 def unverified_claims(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -332,22 +364,58 @@ def verify_request(
     jti = claims.get("jti")
     if not isinstance(jti, str) or not 16 <= len(jti) <= 128:
         raise RegistrationRefused("jti must be a unique string of 16 to 128 characters")
-    actie = claims.get("actie")
-    if actie not in ("aanmelden", "wijzigen", "goedkeuren"):
-        raise RegistrationRefused("actie must be 'aanmelden', 'wijzigen' or 'goedkeuren'")
-    oin = claims.get("oin")
-    if not isinstance(oin, str) or not OIN_PATTERN.fullmatch(oin):
-        raise RegistrationRefused("oin must be the 20-digit OIN the request is about")
     iss = claims.get("iss")
     if not isinstance(iss, str):
         raise RegistrationRefused("iss is required: the OIN of the organisation, or the admin")
-    versie = claims.get("versie")
-    if versie is not None and (not isinstance(versie, int) or versie < 0):
+    actie, oin, entry, versie, reden = _request_fields(claims)
+    return Verzoek(actie, oin, iss, jti, float(exp), entry, versie, kid, reden)
+
+
+def _request_fields(
+    data: Mapping[str, Any],
+) -> tuple[Actie, str, Mapping[str, Any] | None, int | None, str | None]:
+    """The request proper (signed or sent over mTLS): actie, oin, entry, versie, reden."""
+    actie = data.get("actie")
+    if actie not in ACTIES:
+        raise RegistrationRefused(f"actie must be one of {list(ACTIES)}")
+    oin = data.get("oin")
+    if not isinstance(oin, str) or not OIN_PATTERN.fullmatch(oin):
+        raise RegistrationRefused("oin must be the 20-digit OIN the request is about")
+    versie = data.get("versie")
+    if versie is not None and (
+        not isinstance(versie, int) or isinstance(versie, bool) or versie < 0
+    ):
         raise RegistrationRefused("versie must be the entry version the request builds on")
-    entry = claims.get("inschrijving")
-    if actie != "goedkeuren" and not isinstance(entry, dict):
+    entry = data.get("inschrijving")
+    if actie in ("aanmelden", "wijzigen") and not isinstance(entry, dict):
         raise RegistrationRefused("inschrijving (the entry) is required to register or update")
-    return Verzoek(cast(Actie, actie), oin, iss, jti, float(exp), entry, versie, kid)
+    reden = data.get("reden")
+    if reden is not None:
+        try:
+            reden = _text(data, "reden", limit=MAX_TEXT)
+        except ValueError as exc:
+            raise RegistrationRefused(str(exc)) from exc
+    return cast(Actie, actie), oin, entry, versie, reden
+
+
+def parse_plain_request(body: bytes) -> Verzoek:
+    """A request sent as JSON over mTLS; who sent it is checked against the client certificate.
+
+    No signature, `iss`, `jti` or lifetime: the TLS connection authenticates the organisation
+    and protects the request in transit.
+    """
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise RegistrationRefused(f"the body is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise RegistrationRefused("the body must be a JSON object")
+    if unknown := set(data) - _PLAIN_FIELDS:
+        raise RegistrationRefused(
+            f"unknown fields {sorted(unknown)}; allowed: {sorted(_PLAIN_FIELDS)}"
+        )
+    actie, oin, entry, versie, reden = _request_fields(data)
+    return Verzoek(actie, oin, oin, None, 0.0, entry, versie, "", reden, "mtls")
 
 
 def sign_request(
@@ -359,6 +427,7 @@ def sign_request(
     iss: str,
     inschrijving: Mapping[str, Any] | None = None,
     versie: int | None = None,
+    reden: str | None = None,
     lifetime: int = 120,
 ) -> str:
     """Make a registry request (used by `blauweknop org`, by tests and by organisations' tools)."""
@@ -376,6 +445,8 @@ def sign_request(
         claims["inschrijving"] = dict(inschrijving)
     if versie is not None:
         claims["versie"] = versie
+    if reden is not None:
+        claims["reden"] = reden
     return jws.sign_es256(
         orjson.dumps(claims), key, {"alg": "ES256", "kid": kid, "typ": "JWT"}, detached=False
     )
@@ -411,8 +482,8 @@ def identity_changed(old: Inschrijving, new: Inschrijving) -> bool:
     )
 
 
-def with_status(registratie: Registratie, status: Status) -> Registratie:
-    return replace(registratie, status=status)
+def with_status(registratie: Registratie, status: Status, reden: str | None = None) -> Registratie:
+    return replace(registratie, status=status, reden=reden)
 
 
 def codes_in_use(entries: Collection[Registratie], *, except_oin: str) -> set[str]:

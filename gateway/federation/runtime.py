@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.audit.events import AuditTrail
@@ -29,6 +31,7 @@ from gateway.config import Settings, connector_factory
 from gateway.connector import Connector, ConnectorSettings, read_limited
 from gateway.errors import BlauweKnopError, ConfigError
 from gateway.fanout import Fanout
+from gateway.federation import certs
 from gateway.federation import registry as reg
 from gateway.federation.policy import Decision, OrganisationFacts, PolicyEngine, Question
 from gateway.federation.registry import Registratie, RegistrationRefused, Rules
@@ -101,6 +104,11 @@ class Federation:
         self._lock = asyncio.Lock()
         self._closing: set[asyncio.Task[None]] = set()
         self.admin_keys = self._admin_keys()
+        # Where organisations reach the mTLS listener, once it runs ([federation] mtls_port),
+        # and the certificates of its mtls_client_ca: the registry's path building may pass
+        # through them (Python's ssl does not hand over the chain the client sent).
+        self.mtls_url: str | None = None
+        self.mtls_ca_certs: tuple[x509.Certificate, ...] = ()
         self._rebuild_entities()
 
     # --- directory ---------------------------------------------------------------------------
@@ -221,13 +229,21 @@ class Federation:
                 options.setdefault(f"contact_{c.contactvorm}", c.waarde)
         if entry.connector == "generic":
             anchor = self._anchor(orjson.dumps(dict(entry.jwks)), "jwks.json")
+            if entry.x509 is not None:
+                # X.509 anchors for answers that carry an x5c chain (connectors/generic).
+                options["x509"] = str(self._anchor(entry.x509.encode(), "pem"))
         else:
             assert entry.x509 is not None
             anchor = self._anchor(entry.x509.encode(), "pem")
+        limits = self.settings.federation
         settings = ConnectorSettings(
             organisatie=entry.organisatie,
             base_url=entry.url,
             trust_cert=anchor,
+            connect_timeout=limits.connect_timeout,
+            read_timeout=limits.read_timeout,
+            max_body_bytes=limits.max_body_bytes,
+            max_xml_depth=limits.max_xml_depth,
             options=options,
         )
         inner = connector_factory(entry.connector)(settings)
@@ -267,59 +283,154 @@ class Federation:
         actie, oin = claims.get("actie"), claims.get("oin")
         if not isinstance(oin, str) or not reg.OIN_PATTERN.fullmatch(oin):
             raise RegistrationRefused("oin must be the 20-digit OIN the request is about")
-        doc = await self.store.get_latest(reg.KIND, oin)
-        current = (
-            Registratie.from_bytes(doc.body, doc.version, doc.seq, self.rules) if doc else None
+        current = await self._current(oin)
+        # Who may sign follows from the action and the claimed issuer; both are checked again
+        # once the signature verifies.
+        by_admin = actie in reg.ADMIN_ACTIES and (
+            actie != "intrekken" or claims.get("iss") == reg.ADMIN_ISSUER
         )
-        entry: reg.Inschrijving | None = None
         if actie == "aanmelden":
-            entry = self._entry(claims.get("inschrijving"))
-            keys = entry.public_keys()
-        elif actie == "wijzigen":
-            if current is None:
-                raise RegistrationRefused(f"OIN {oin} is not registered; register it first", 404)
-            keys = current.inschrijving.public_keys()
-        elif actie == "goedkeuren":
+            keys = self._entry(claims.get("inschrijving")).public_keys()
+        elif by_admin:
             if not self.admin_keys:
                 raise RegistrationRefused(
                     "no federation administrator keys are configured ([federation] admin_jwks)",
                     403,
                 )
             keys = self.admin_keys
+        elif actie in reg.ORGANISATION_ACTIES:
+            keys = self._registered(oin, current).inschrijving.public_keys()
         else:
-            raise RegistrationRefused("actie must be 'aanmelden', 'wijzigen' or 'goedkeuren'")
+            raise RegistrationRefused(f"actie must be one of {list(reg.ACTIES)}")
         verzoek = reg.verify_request(token, keys)
-        expected_iss = reg.ADMIN_ISSUER if actie == "goedkeuren" else oin
+        expected_iss = reg.ADMIN_ISSUER if by_admin else oin
         if verzoek.iss != expected_iss:
             raise RegistrationRefused(f"iss must be {expected_iss!r} for {actie}", 403)
+        assert verzoek.jti is not None
         ttl = max(1.0, verzoek.exp - time.time() + reg.CLOCK_SKEW_SECONDS)
         if not await self.store.put_new(JTI_NAMESPACE, verzoek.jti, b"1", ttl):
             raise RegistrationRefused("this request was sent before (jti replayed)", 409)
-        if verzoek.actie == "goedkeuren":
-            if current is None:
-                raise RegistrationRefused(f"OIN {oin} is not registered", 404)
-            if current.actief:
-                raise RegistrationRefused(f"OIN {oin} is already approved", 409)
-            if verzoek.versie != current.version:
-                raise RegistrationRefused(
+        return await self._change(verzoek, current, transactie_id)
+
+    async def apply_mtls(
+        self, body: bytes, certificate: x509.Certificate, transactie_id: str
+    ) -> Registratie:
+        """Apply a JSON request sent over mTLS by the organisation the client certificate names.
+
+        The TLS handshake already chained the certificate to `[federation] mtls_client_ca` (and
+        checked its validity); here it must also chain to the organisation's own registered
+        X.509 anchor and name its OIN. Administrator actions are always signed requests.
+        """
+        verzoek = reg.parse_plain_request(body)
+        if verzoek.actie not in reg.ORGANISATION_ACTIES:
+            raise RegistrationRefused(
+                f"{verzoek.actie} is an administrator's action: send it as a request signed "
+                "with a [federation] admin_jwks key",
+                403,
+            )
+        current = await self._current(verzoek.oin)
+        if verzoek.actie == "aanmelden":
+            anchors_pem = self._entry(verzoek.inschrijving).x509
+        else:
+            anchors_pem = self._registered(verzoek.oin, current).inschrijving.x509
+        if anchors_pem is None:
+            raise RegistrationRefused(
+                f"OIN {verzoek.oin} has no registered X.509 trust anchor (x509): register one, "
+                "or sign the request with a key from the registered JWKS",
+                403,
+            )
+        try:
+            certs.verify_chain(
+                certificate,
+                self.mtls_ca_certs,
+                certs.load_anchors(anchors_pem),
+                oin=verzoek.oin,
+                at=dt.datetime.now(dt.UTC),
+                purpose="tls-client",
+            )
+        except certs.CertificateRefused as exc:
+            raise RegistrationRefused(f"client certificate refused: {exc}", 403) from exc
+        signed = replace(verzoek, kid=f"x5t#S256:{certs.thumbprint(certificate)}")
+        return await self._change(signed, current, transactie_id)
+
+    async def _current(self, oin: str) -> Registratie | None:
+        doc = await self.store.get_latest(reg.KIND, oin)
+        return Registratie.from_bytes(doc.body, doc.version, doc.seq, self.rules) if doc else None
+
+    @staticmethod
+    def _registered(oin: str, current: Registratie | None) -> Registratie:
+        if current is None:
+            raise RegistrationRefused(f"OIN {oin} is not registered; register it first", 404)
+        return current
+
+    def _check_version(self, verzoek: reg.Verzoek, current: Registratie, *, required: bool) -> None:
+        if verzoek.versie is None and not required:
+            return
+        if verzoek.versie != current.version:
+            raise RegistrationRefused(
+                (
                     f"approve the version you reviewed: the entry is at version "
-                    f"{current.version}, the request names {verzoek.versie}",
+                    f"{current.version}, the request names {verzoek.versie}"
+                )
+                if required
+                else (
+                    f"the entry is at version {current.version}, not {verzoek.versie}: "
+                    "read it again and resend"
+                ),
+                409,
+            )
+
+    def _new_status(self, verzoek: reg.Verzoek, current: Registratie) -> Registratie:
+        """The administrator's and withdrawal actions: a status change of the current entry."""
+        actie, oin, status = verzoek.actie, verzoek.oin, current.status
+        if status == "ingetrokken" and actie != "herstellen":
+            raise RegistrationRefused(
+                f"OIN {oin} is withdrawn; a federation administrator can reinstate it (herstellen)",
+                409,
+            )
+        if actie == "goedkeuren":
+            if status != "aangemeld":
+                raise RegistrationRefused(
+                    f"OIN {oin} is {status}, not waiting for approval"
+                    + ("; reinstate it with herstellen" if status == "geschorst" else ""),
                     409,
                 )
-            new = reg.with_status(current, "goedgekeurd")
+            self._check_version(verzoek, current, required=True)
+            return reg.with_status(current, "goedgekeurd")
+        if actie == "herstellen":
+            if status not in ("geschorst", "ingetrokken"):
+                raise RegistrationRefused(f"OIN {oin} is {status}: nothing to reinstate", 409)
+            self._check_version(verzoek, current, required=True)
+            return reg.with_status(current, "goedgekeurd", verzoek.reden)
+        if actie == "schorsen":
+            if status == "geschorst":
+                raise RegistrationRefused(f"OIN {oin} is already suspended", 409)
+            self._check_version(verzoek, current, required=False)
+            return reg.with_status(current, "geschorst", verzoek.reden)
+        assert actie == "intrekken"
+        self._check_version(verzoek, current, required=False)
+        return reg.with_status(current, "ingetrokken", verzoek.reden)
+
+    async def _change(
+        self, verzoek: reg.Verzoek, current: Registratie | None, transactie_id: str
+    ) -> Registratie:
+        """Apply an authenticated request to the entry it was checked against; audited."""
+        oin = verzoek.oin
+        if verzoek.actie not in ("aanmelden", "wijzigen"):
+            new = self._new_status(verzoek, self._registered(oin, current))
         else:
+            entry = self._entry(verzoek.inschrijving)
             if verzoek.actie == "wijzigen":
-                entry = self._entry(verzoek.inschrijving)
-                assert current is not None
-                if verzoek.versie is not None and verzoek.versie != current.version:
+                current = self._registered(oin, current)
+                if current.status == "ingetrokken":
                     raise RegistrationRefused(
-                        f"the entry is at version {current.version}, not {verzoek.versie}: "
-                        "read it again and resend",
+                        f"OIN {oin} is withdrawn; a federation administrator can reinstate it "
+                        "(herstellen) before it changes its entry",
                         409,
                     )
+                self._check_version(verzoek, current, required=False)
             elif current is not None:
                 raise RegistrationRefused(f"OIN {oin} is already registered; send wijzigen", 409)
-            assert entry is not None
             if entry.oin != oin:
                 raise RegistrationRefused("the entry's oin differs from the request's oin")
             await self._check_code(entry)
@@ -329,18 +440,22 @@ class Federation:
                 except UnsafeAddress as exc:
                     raise RegistrationRefused(f"url: {exc}") from exc
             status: reg.Status = current.status if current is not None else "aangemeld"
-            if current is not None and reg.identity_changed(current.inschrijving, entry):
+            if (
+                current is not None
+                and status == "goedgekeurd"
+                and reg.identity_changed(current.inschrijving, entry)
+            ):
                 # Who the organisation is (code, kind, protocol, name) decides what policies
                 # allow it: changing that needs an administrator's approval again.
                 status = "aangemeld"
-            new = Registratie(entry, status)
+            new = Registratie(entry, status, reden=current.reden if current else None)
         try:
             stored = await self.store.put_version(
                 reg.KIND, oin, new.to_bytes(), expected_version=current.version if current else 0
             )
         except VersionConflict as exc:
             raise RegistrationRefused(str(exc), 409) from exc
-        result = Registratie(new.inschrijving, new.status, stored.version, stored.seq)
+        result = replace(new, version=stored.version, seq=stored.seq)
         await self.audit.record(
             "registratie.gewijzigd",
             transactie_id,
@@ -351,7 +466,9 @@ class Federation:
                 "versie": result.version,
                 "status": result.status,
                 "door": verzoek.iss,
+                "methode": verzoek.methode,
                 "sleutel_id": verzoek.kid,
+                "reden": verzoek.reden,
                 "inschrijving_sha256": hashlib.sha256(new.to_bytes()).hexdigest(),
             },
         )
@@ -396,7 +513,7 @@ class Federation:
                 timeout=timeout,
                 allow_redirects=False,
             ) as response:
-                raw = await read_limited(response, 256 * 1024)
+                raw = await read_limited(response, self.settings.federation.brp_max_body_bytes)
                 if response.status != 200:
                     log.warning("BRP answered HTTP %s", response.status)
                     return ""

@@ -10,6 +10,7 @@ registry (every version kept); counters hold rate limits shared by all replicas.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -49,6 +50,23 @@ class DocumentVersion:
     created: float
 
 
+class Leadership(Protocol):
+    """A role that at most one process holds at a time, across every replica on one store."""
+
+    @property
+    def held(self) -> bool:
+        """Whether this process held the role at the last check (every `retry_seconds`)."""
+        ...
+
+    async def wait(self, seconds: float) -> bool:
+        """Wait at most `seconds` for the role; whether it is held."""
+        ...
+
+    async def confirm(self) -> bool:
+        """Ask the store now whether the role is still held; call right before acting on it."""
+        ...
+
+
 class Store(Protocol):
     async def append(self, records: Sequence[OutboxRecord]) -> None:
         """Store durably (synced to disk) before returning, or raise StoreUnavailable."""
@@ -59,6 +77,10 @@ class Store(Protocol):
         ...
 
     async def mark_sent(self, seqs: Sequence[int]) -> None: ...
+
+    async def prune_sent(self, older_than: float, limit: int = 10_000) -> int:
+        """Delete up to `limit` sent records stored more than `older_than` seconds ago."""
+        ...
 
     async def backlog(self) -> int:
         """How many records wait for the relay."""
@@ -104,6 +126,16 @@ class Store(Protocol):
 
     async def increment(self, namespace: str, key: str, window: float) -> int:
         """Add one to a counter that resets `window` seconds after its first hit; the new count."""
+        ...
+
+    def leadership(
+        self, name: str, *, retry_seconds: float = 2.0
+    ) -> AbstractAsyncContextManager[Leadership]:
+        """Compete for the role `name` while inside: `async with store.leadership("x") as lead`.
+
+        Never raises for an unreachable store: the role is then simply not held. It is tried
+        again every `retry_seconds`, and given up on leaving (or when the process dies).
+        """
         ...
 
     async def ping(self) -> None:

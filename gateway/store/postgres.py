@@ -27,6 +27,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from gateway.store import DocumentVersion, OutboxRecord, StoreUnavailable, VersionConflict
 from gateway.store._groupcommit import GroupCommit
+from gateway.store._leadership import Election, check_role_name
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,9 @@ CREATE TABLE IF NOT EXISTS blauweknop_counters (
 
 # Several replicas may start at once: the schema is created under one advisory lock.
 _SCHEMA_LOCK = 0x426B_5374  # "BkSt"
+# Leadership roles are two-key advisory locks (this class, hashtext(role)): a space of their
+# own, apart from the one-key schema lock and from other applications' locks.
+_LEADER_LOCK_CLASS = 0x426B_4C64  # "BkLd"
 
 _PUT_NEW = """
 INSERT INTO blauweknop_kv (namespace, key, value, expires)
@@ -178,6 +182,21 @@ class PostgresStore:
         except (psycopg.Error, PoolTimeout, OSError) as exc:
             raise StoreUnavailable(f"PostgreSQL store does not answer: {exc}") from exc
 
+    def leadership(self, name: str, *, retry_seconds: float = 2.0) -> Election:
+        """A session-level advisory lock on a connection of its own, outside the pool.
+
+        The lock lives exactly as long as that connection: a holder killed outright frees it
+        the moment its socket closes, a lost machine once the server's TCP keepalives give up.
+        """
+        lock = _AdvisoryLock(self._pool, check_role_name(name), retry_seconds)
+        return Election(
+            name,
+            acquire=lock.acquire,
+            confirm=lock.confirm,
+            release=lock.release,
+            retry_seconds=retry_seconds,
+        )
+
     async def _exec(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         if self._closed:
             raise StoreUnavailable("the store is closed")
@@ -216,6 +235,15 @@ class PostgresStore:
         await self._exec(
             "UPDATE blauweknop_outbox SET sent = TRUE WHERE seq = ANY(%s)", (list(seqs),)
         )
+
+    async def prune_sent(self, older_than: float, limit: int = 10_000) -> int:
+        rows = await self._exec(
+            "DELETE FROM blauweknop_outbox WHERE seq IN (SELECT seq FROM blauweknop_outbox "
+            "WHERE sent AND stored_at < now() - make_interval(secs => %s) ORDER BY seq "
+            "LIMIT %s) RETURNING seq",
+            (older_than, limit),
+        )
+        return len(rows)
 
     async def backlog(self) -> int:
         rows = await self._exec("SELECT count(*) FROM blauweknop_outbox WHERE NOT sent", ())
@@ -335,6 +363,77 @@ class PostgresStore:
                 await self._purger
         await self._group.drain()
         await self._pool.close()
+
+
+class _AdvisoryLock:
+    """One leadership role as `pg_try_advisory_lock` held on a dedicated connection."""
+
+    def __init__(
+        self, pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]], role: str, retry: float
+    ) -> None:
+        self._pool = pool
+        self._role = role
+        self._retry = retry
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+
+    async def _connection(self) -> psycopg.AsyncConnection[Any]:
+        if self._conn is not None and not self._conn.closed:
+            return self._conn
+        # The pool's own connection settings (password, timeouts); open() made them a dict.
+        kwargs = dict(self._pool.kwargs) if isinstance(self._pool.kwargs, dict) else {}
+        kwargs["application_name"] = f"blauweknop-leader-{self._role}"[:63]
+        # Both ends watch the connection: ours notices a dead server or network within seconds,
+        # the server frees the lock of a vanished holder (no FIN: a lost machine) in ~20 s
+        # rather than after the operating system's default of two hours.
+        kwargs |= {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2}
+        kwargs["keepalives_count"] = 3
+        conninfo = self._pool.conninfo if isinstance(self._pool.conninfo, str) else ""
+        conn = await psycopg.AsyncConnection.connect(conninfo, **kwargs)
+        try:
+            await conn.execute("SET tcp_keepalives_idle = 5")
+            await conn.execute("SET tcp_keepalives_interval = 2")
+            await conn.execute("SET tcp_keepalives_count = 3")
+        except BaseException:
+            await conn.close()
+            raise
+        self._conn = conn
+        return conn
+
+    async def acquire(self) -> bool:
+        try:
+            conn = await self._connection()
+            cursor = await conn.execute(
+                "SELECT pg_try_advisory_lock(%s, hashtext(%s))", (_LEADER_LOCK_CLASS, self._role)
+            )
+            row = await cursor.fetchone()
+        except (psycopg.Error, OSError):
+            await self.release()
+            raise
+        return bool(row and row[0])
+
+    async def confirm(self) -> bool:
+        # The lock is session-level and never unlocked while held: a live session holds it.
+        # Asked of the server, not of our socket, so a silently dead link counts as lost.
+        if self._conn is None or self._conn.closed:
+            return False
+        try:
+            cursor = await self._conn.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND pid = pg_backend_pid() AND classid = %s::oid",
+                (_LEADER_LOCK_CLASS,),
+            )
+            row = await cursor.fetchone()
+        except (psycopg.Error, OSError):
+            await self.release()
+            raise
+        return bool(row and row[0])
+
+    async def release(self) -> None:
+        """Close the connection: the server drops the lock with the session."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), self._retry)
 
 
 def _document(row: tuple[Any, ...]) -> DocumentVersion:

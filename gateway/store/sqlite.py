@@ -8,6 +8,8 @@ to be on disk, but the disk syncs once per batch rather than once per event.
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -18,6 +20,7 @@ from typing import Any, TypeVar
 
 from gateway.store import DocumentVersion, OutboxRecord, StoreUnavailable, VersionConflict
 from gateway.store._groupcommit import GroupCommit
+from gateway.store._leadership import Election, check_role_name
 
 T = TypeVar("T")
 
@@ -27,7 +30,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     event_id TEXT NOT NULL UNIQUE,
     key TEXT NOT NULL,
     payload BLOB NOT NULL,
-    sent INTEGER NOT NULL DEFAULT 0
+    sent INTEGER NOT NULL DEFAULT 0,
+    stored_at REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox (seq) WHERE sent = 0;
 CREATE TABLE IF NOT EXISTS kv (
@@ -71,6 +75,9 @@ class SqliteStore:
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA busy_timeout=5000")
         conn.executescript(_SCHEMA)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(outbox)")}
+        if "stored_at" not in columns:  # an outbox made before sent records were pruned
+            conn.execute("ALTER TABLE outbox ADD COLUMN stored_at REAL NOT NULL DEFAULT 0")
         self._conn = conn
 
     async def _run(self, fn: Any, *args: Any) -> Any:
@@ -104,10 +111,11 @@ class SqliteStore:
         conn.execute("COMMIT")
 
     def _insert(self, records: list[OutboxRecord]) -> None:
+        now = time.time()
         with self._transaction() as conn:
             conn.executemany(
-                "INSERT INTO outbox (event_id, key, payload) VALUES (?, ?, ?)",
-                [(r.event_id, r.key, r.payload) for r in records],
+                "INSERT INTO outbox (event_id, key, payload, stored_at) VALUES (?, ?, ?, ?)",
+                [(r.event_id, r.key, r.payload, now) for r in records],
             )
 
     async def unsent(self, limit: int) -> Sequence[OutboxRecord]:
@@ -122,6 +130,15 @@ class SqliteStore:
         await self._run(
             self._execute_many, "UPDATE outbox SET sent = 1 WHERE seq = ?", [(s,) for s in seqs]
         )
+
+    async def prune_sent(self, older_than: float, limit: int = 10_000) -> int:
+        rows = await self._run(
+            self._query,
+            "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE sent = 1 "
+            "AND stored_at < ? ORDER BY seq LIMIT ?) RETURNING seq",
+            (time.time() - older_than, limit),
+        )
+        return len(rows)
 
     async def backlog(self) -> int:
         rows = await self._run(self._query, "SELECT count(*) FROM outbox WHERE sent = 0", ())
@@ -251,6 +268,21 @@ class SqliteStore:
         with self._transaction() as conn:
             conn.executemany(sql, params)
 
+    def leadership(self, name: str, *, retry_seconds: float = 2.0) -> Election:
+        """An exclusive `flock` on `<database>.<name>.leader`: one process per state dir leads.
+
+        SQLite serves one process, so that process normally always leads; the lock keeps a
+        second process started by mistake on the same state dir from publishing too.
+        """
+        lock = _FileLock(self.path.with_name(f"{self.path.name}.{check_role_name(name)}.leader"))
+        return Election(
+            name,
+            acquire=lock.acquire,
+            confirm=lock.confirm,
+            release=lock.release,
+            retry_seconds=retry_seconds,
+        )
+
     async def ping(self) -> None:
         try:
             await self._run(self._query, "SELECT 1", ())
@@ -266,6 +298,32 @@ class SqliteStore:
 
 
 _DOC_COLUMNS = "kind, key, version, body, seq, created"
+
+
+class _FileLock:
+    """A non-blocking exclusive flock; the kernel releases it when the process dies."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    async def acquire(self) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    async def confirm(self) -> bool:
+        return self._fd is not None
+
+    async def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing the only descriptor drops the flock
 
 
 def _document(row: tuple[Any, ...]) -> DocumentVersion:

@@ -76,6 +76,8 @@ class Timestamp:
     time: dt.datetime
     serial_number: int
     tsa_subject: str
+    # When the certificate that signed this token expires (None if the token does not carry it).
+    tsa_not_after: dt.datetime | None = None
 
     @property
     def token(self) -> bytes:
@@ -123,17 +125,21 @@ def verify_timestamp(
         raise TimestampError(f"the time-stamp token does not verify: {exc}") from exc
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
-    signer = _signer_subject(decoded)
-    return Timestamp(response, when, serial, signer)
+    signer = _signer_certificate(decoded)
+    if signer is None:
+        return Timestamp(response, when, serial, "")
+    return Timestamp(
+        response, when, serial, signer.subject.rfc4514_string(), signer.not_valid_after_utc
+    )
 
 
-def _signer_subject(decoded: TimeStampResponse) -> str:
+def _signer_certificate(decoded: TimeStampResponse) -> x509.Certificate | None:
     for der in decoded.signed_data.certificates:
         cert = x509.load_der_x509_certificate(der)
         for info in decoded.signed_data.signer_infos:
             if cert.serial_number == info.serial_number:
-                return cert.subject.rfc4514_string()
-    return ""
+                return cert
+    return None
 
 
 def timestamp_request(message: bytes) -> tuple[bytes, int]:

@@ -29,6 +29,7 @@ from connectors._sandbox import CITIZENS
 from connectors._sandbox.citizens import citizen
 from connectors._sandbox.runner import serve_app
 from gateway.assurance import DIGID_LEVELS, DIGID_SUBSTANTIEEL
+from gateway.browser_security import harden, strict_csp
 from gateway.demo.digid.provider import AiohttpRequest, DigidUser, Provider, RegisteredClient
 from gateway.errors import ConfigError
 
@@ -109,6 +110,7 @@ def create_digid_app(
         provider.clients[client.client_id] = client
     app = web.Application(client_max_size=64 * 1024, middlewares=[_headers])
     app[PROVIDER] = provider
+    app.on_response_prepare.append(_security_headers)
     app.cleanup_ctx.append(_http)
     app.router.add_get("/", _home)
     app.router.add_get("/.well-known/openid-configuration", _discovery)
@@ -173,14 +175,11 @@ async def _headers(request: web.Request, handler: Handler) -> web.StreamResponse
 
 def _mark(response: web.StreamResponse) -> None:
     response.headers["X-Not-For-Production"] = NOT_FOR_PRODUCTION
-    response.headers.setdefault(
-        "Content-Security-Policy",
-        "default-src 'none'; style-src 'self'; form-action 'self'; base-uri 'none'; "
-        "frame-ancestors 'none'",
-    )
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("Referrer-Policy", "no-referrer")
-    response.headers.setdefault("Cache-Control", "no-store")
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """On every response, also what aiohttp answers itself (the login page sets its own CSP)."""
+    harden(response, strict_csp())
 
 
 def _adapter(
@@ -290,10 +289,7 @@ async def _authorize(request: web.Request) -> web.Response:
     response = _login_page(request, lang, grant, pending, dict(query))
     # Chrome applies form-action to the redirect after the form post: allow the client's origin.
     origin = "{0.scheme}://{0.netloc}".format(urlsplit(grant.redirect_uri))
-    response.headers["Content-Security-Policy"] = (
-        f"default-src 'none'; style-src 'self'; form-action 'self' {origin}; base-uri 'none'; "
-        "frame-ancestors 'none'"
-    )
+    response.headers["Content-Security-Policy"] = strict_csp(form_action=f"'self' {origin}")
     return response
 
 

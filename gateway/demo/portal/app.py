@@ -28,6 +28,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from gateway.browser_security import harden, secure_origin, strict_csp
 from gateway.demo.portal.keys import ClientKey
 from gateway.demo.portal.oauth import PortalClient, Token
 from gateway.documents.service import EXTENSIONS
@@ -186,6 +187,7 @@ def create_portal_app(config: PortalConfig) -> web.Application:
     app = web.Application(client_max_size=64 * 1024, middlewares=[_headers])
     app[CONFIG] = config
     app[SESSIONS] = Sessions()
+    app.on_response_prepare.append(_security_headers)
     app.cleanup_ctx.append(_http)
     app.router.add_get("/", _home)
     app.router.add_get("/schuldhulp", _intake)
@@ -214,21 +216,22 @@ async def _headers(request: web.Request, handler: Handler) -> web.StreamResponse
         if exc.status < 400:
             raise
         response = web.Response(status=exc.status, text=exc.text or exc.reason)
-    origin = request.app[CONFIG].script_origin
-    response.headers.setdefault(
-        "Content-Security-Policy",
-        f"default-src 'none'; script-src {origin}; style-src 'self'; img-src 'self'; "
-        "form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
-    )
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("Referrer-Policy", "no-referrer")
-    response.headers.setdefault("Cache-Control", "no-store")
     return response
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """On every response, also redirects and what aiohttp answers itself."""
+    harden(response, strict_csp(script_src=request.app[CONFIG].script_origin))
+
+
+def _cookie_name(config: PortalConfig) -> str:
+    # `__Host-`: this exact origin only, path /, Secure; browsers refuse it without Secure.
+    return f"__Host-{COOKIE}" if secure_origin(config.public_url) else COOKIE
 
 
 def _session(request: web.Request) -> tuple[str, PortalSession] | None:
     sessions = request.app[SESSIONS]
-    sid = request.cookies.get(COOKIE)
+    sid = request.cookies.get(_cookie_name(request.app[CONFIG]))
     if sid is None or sid not in sessions:
         return None
     found = sessions[sid]
@@ -332,7 +335,17 @@ async def _start(request: web.Request) -> web.StreamResponse:
         ),
     )
     response = web.HTTPSeeOther(started.authorize_url)
-    response.set_cookie(COOKIE, sid, httponly=True, samesite="Lax", path="/")
+    # Lax, not Strict: the cookie must come along on the gateway's redirect back (a top-level
+    # GET from another site). Secure wherever browsers keep Secure cookies (see secure_origin).
+    config = request.app[CONFIG]
+    response.set_cookie(
+        _cookie_name(config),
+        sid,
+        httponly=True,
+        samesite="Lax",
+        path="/",
+        secure=secure_origin(config.public_url),
+    )
     raise response
 
 
