@@ -263,6 +263,16 @@ def test_a_pdf_with_a_broken_dss_object_is_reported(signed_world: SignedWorld) -
     assert any("PdfReadError" in problem for problem in verdict.problems), verdict.problems
 
 
+def test_a_pdf_with_a_number_that_is_no_number_is_reported(signed_world: SignedWorld) -> None:
+    """Found by the PDF property: "." read as a number raised decimal.InvalidOperation (a 500)."""
+    pdf = signed_world.documents["pdf"]
+    broken = pdf.replace(b"/ProcSet [ /PDF", b"/ProcSet [ .PDF")  # a flipped bit, each page
+    assert broken != pdf
+    verdict = check_file(signed_world, broken, in_hypothesis=False)
+    assert not verdict.ok
+    assert any("InvalidOperation" in problem for problem in verdict.problems), verdict.problems
+
+
 def test_a_pdf_attachment_that_does_not_inflate_is_reported(signed_world: SignedWorld) -> None:
     """Found by the PDF property: zlib.error from pyHanko escaped the verifier (a 500)."""
     pdf = signed_world.documents["pdf"]

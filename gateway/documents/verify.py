@@ -155,13 +155,14 @@ def verify_file(
         TypeError,
         KeyError,
         IndexError,
-        OverflowError,
+        ArithmeticError,
         zlib.error,
         PdfError,
     ) as exc:
         # Malformed input deep inside a parser: report it, do not crash the verifier. pyHanko
         # reads PDF objects lazily, so a broken one can raise PdfError (or zlib.error, for a
-        # stream that does not inflate) anywhere, long after the file was opened.
+        # stream that does not inflate, or decimal.InvalidOperation, an ArithmeticError, for a
+        # number like ".") anywhere, long after the file was opened.
         return Verdict(fmt, False, problems=(f"malformed {fmt} document: {exc!r}"[:500],))
 
 
