@@ -33,7 +33,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from gateway.config import connector_factory, load_settings
+from gateway.config import Settings, connector_factory, load_settings
 from gateway.connector import FetchRequest, client_tls
 
 CITIZEN = "999990020"  # data everywhere
@@ -83,21 +83,53 @@ async def wait_for(
     raise RuntimeError(f"{url} did not come up")
 
 
+def bench_env(prefix: str, gateway_port: int, sandbox_base_port: int) -> dict[str, str]:
+    """The environment of a benchmark's services: a fresh state directory, its own ports.
+
+    Each benchmark has its own ports, so that one can run beside another or beside the demo.
+    """
+    return {
+        **os.environ,
+        "BLAUWEKNOP_STATE_DIR": tempfile.mkdtemp(prefix=prefix),
+        "BLAUWEKNOP_PORT": str(gateway_port),
+        "BLAUWEKNOP_SANDBOX_BASE_PORT": str(sandbox_base_port),
+        "BLAUWEKNOP_LOG_LEVEL": "WARNING",
+    }
+
+
+async def wait_until_up(session: aiohttp.ClientSession, settings: Settings, gateway: str) -> None:
+    """Wait for every sandbox's health check, then the gateway's."""
+    for org in settings.organisations:
+        await wait_for(
+            f"{org.settings.base_url}/_sandbox/health", session, client_tls(org.settings)
+        )
+    await wait_for(f"{gateway}/healthz", session)
+
+
 @contextlib.asynccontextmanager
-async def services(env: dict[str, str]) -> AsyncIterator[dict[str, int]]:
-    """Run the four sandboxes in one process and the gateway in another; yields their pids."""
+async def services(
+    env: dict[str, str], gateway_log: Path | None = None
+) -> AsyncIterator[dict[str, int]]:
+    """Run the four sandboxes in one process and the gateway in another; yields their pids.
+
+    With `gateway_log`, the gateway's log (its stderr) goes to that file.
+    """
     blauweknop = str(Path(sys.executable).with_name("blauweknop"))
-    procs = [
-        await asyncio.create_subprocess_exec(blauweknop, *args, env=env, stdout=subprocess.DEVNULL)
-        for args in (("sandbox", "serve"), ("serve",))
-    ]
-    try:
-        yield {"sandboxes": procs[0].pid, "gateway": procs[1].pid}
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            await proc.wait()
+    with contextlib.ExitStack() as stack:
+        log = stack.enter_context(gateway_log.open("wb")) if gateway_log else None
+        procs = [
+            await asyncio.create_subprocess_exec(
+                blauweknop, *args, env=env, stdout=subprocess.DEVNULL, stderr=stderr
+            )
+            for args, stderr in ((("sandbox", "serve"), None), (("serve",), log))
+        ]
+        try:
+            yield {"sandboxes": procs[0].pid, "gateway": procs[1].pid}
+        finally:
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                await proc.wait()
 
 
 async def closed_loop(
@@ -122,23 +154,14 @@ async def closed_loop(
 
 
 async def run(quick: bool) -> dict[str, Any]:
-    state = tempfile.mkdtemp(prefix="bk-bench-")
-    env = {
-        **os.environ,
-        "BLAUWEKNOP_STATE_DIR": state,
-        "BLAUWEKNOP_PORT": str(GATEWAY_PORT),
-        "BLAUWEKNOP_SANDBOX_BASE_PORT": str(SANDBOX_BASE_PORT),
-        "BLAUWEKNOP_LOG_LEVEL": "WARNING",
-    }
+    env = bench_env("bk-bench-", GATEWAY_PORT, SANDBOX_BASE_PORT)
     settings = load_settings(None, env)
     gateway = f"http://127.0.0.1:{GATEWAY_PORT}"
     sandboxes = [o.settings for o in settings.organisations]
     report: dict[str, Any] = {}
     connector = aiohttp.TCPConnector(limit=256)
     async with services(env) as pids, aiohttp.ClientSession(connector=connector) as session:
-        for org in sandboxes:
-            await wait_for(f"{org.base_url}/_sandbox/health", session, client_tls(org))
-        await wait_for(f"{gateway}/healthz", session)
+        await wait_until_up(session, settings, gateway)
 
         async def set_latency(ms: int) -> None:
             for org in sandboxes:

@@ -34,7 +34,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -44,10 +43,16 @@ from typing import Any
 import aiohttp
 import orjson
 
-from bench.fanout import CITIZEN, percentile, wait_for
+from bench.fanout import (
+    CITIZEN,
+    bench_env,
+    percentile,
+    process_cpu_seconds,
+    services,
+    wait_until_up,
+)
 from bench.soak import open_fds, rss_kb
 from gateway.config import load_settings
-from gateway.connector import client_tls
 
 GATEWAY_PORT = 18380
 SANDBOX_BASE_PORT = 19401
@@ -258,39 +263,12 @@ class Measured:
     attacker: list[dict[str, Any]] = field(default_factory=list)
 
 
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def nofile_limit(pid: int) -> str:
     for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
         if line.startswith("Max open files"):
             soft, hard = line.split()[3:5]
             return f"{soft}/{hard}"
     return "?"
-
-
-@contextlib.asynccontextmanager
-async def services(env: dict[str, str], log: Path) -> AsyncIterator[int]:
-    """The four sandboxes in one process, the gateway in another, its log (stderr) to `log`;
-    yields the gateway's pid."""
-    blauweknop = str(Path(sys.executable).with_name("blauweknop"))
-    with log.open("wb") as log_file:
-        sandboxes = await asyncio.create_subprocess_exec(
-            blauweknop, "sandbox", "serve", env=env, stdout=subprocess.DEVNULL
-        )
-        gateway = await asyncio.create_subprocess_exec(
-            blauweknop, "serve", env=env, stdout=subprocess.DEVNULL, stderr=log_file
-        )
-        try:
-            assert gateway.pid is not None
-            yield gateway.pid
-        finally:
-            for proc in (gateway, sandboxes):
-                proc.terminate()
-            for proc in (gateway, sandboxes):
-                await proc.wait()
 
 
 def error_lines(log: Path) -> dict[str, int]:
@@ -333,14 +311,7 @@ async def attacker(args: argparse.Namespace, seconds: float) -> AsyncIterator[An
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    state = tempfile.mkdtemp(prefix="bk-slowloris-")
-    env = {
-        **os.environ,
-        "BLAUWEKNOP_STATE_DIR": state,
-        "BLAUWEKNOP_PORT": str(GATEWAY_PORT),
-        "BLAUWEKNOP_SANDBOX_BASE_PORT": str(SANDBOX_BASE_PORT),
-        "BLAUWEKNOP_LOG_LEVEL": "WARNING",
-    }
+    env = bench_env("bk-slowloris-", GATEWAY_PORT, SANDBOX_BASE_PORT)
     settings = load_settings(None, env)
     gateway = f"http://127.0.0.1:{GATEWAY_PORT}"
     measured = Measured()
@@ -349,16 +320,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     # a pooled keep-alive connection would get past it unnoticed.
     fresh = aiohttp.TCPConnector(force_close=True, limit=0)
     timeout = aiohttp.ClientTimeout(total=args.timeout)
-    log = Path(state) / "gateway.log"
+    log = Path(env["BLAUWEKNOP_STATE_DIR"]) / "gateway.log"
     async with (
-        services(env, log) as pid,
+        services(env, gateway_log=log) as pids,
         aiohttp.ClientSession(connector=fresh, timeout=timeout) as session,
     ):
-        for org in settings.organisations:
-            await wait_for(
-                f"{org.settings.base_url}/_sandbox/health", session, client_tls(org.settings)
-            )
-        await wait_for(f"{gateway}/healthz", session)
+        await wait_until_up(session, settings, gateway)
+        pid = pids["gateway"]
         t0 = time.monotonic()
 
         async def ordinary(kind: str) -> None:
@@ -402,8 +370,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
         async def sampler(stop: asyncio.Event) -> None:
             while not stop.is_set():
+                cpu = process_cpu_seconds(pids)["gateway"]
                 measured.resources.append(
-                    (measured.phase, time.monotonic() - t0, rss_kb(pid), open_fds(pid), cpu_s(pid))
+                    (measured.phase, time.monotonic() - t0, rss_kb(pid), open_fds(pid), cpu)
                 )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), SAMPLE_SECONDS)

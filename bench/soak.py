@@ -21,14 +21,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,9 +31,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from bench.fanout import CITIZEN, closed_loop, percentile, wait_for
+from bench.fanout import CITIZEN, bench_env, closed_loop, percentile, services, wait_until_up
 from gateway.config import load_settings
-from gateway.connector import client_tls
 
 GATEWAY_PORT = 18180
 SANDBOX_BASE_PORT = 19201
@@ -64,45 +58,16 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-@contextlib.asynccontextmanager
-async def processes(env: dict[str, str]) -> AsyncIterator[asyncio.subprocess.Process]:
-    """The sandboxes and the gateway; yields the gateway's process."""
-    blauweknop = str(Path(sys.executable).with_name("blauweknop"))
-    sandboxes = await asyncio.create_subprocess_exec(
-        blauweknop, "sandbox", "serve", env=env, stdout=subprocess.DEVNULL
-    )
-    gateway = await asyncio.create_subprocess_exec(
-        blauweknop, "serve", env=env, stdout=subprocess.DEVNULL
-    )
-    try:
-        yield gateway
-    finally:
-        for proc in (gateway, sandboxes):
-            proc.terminate()
-        for proc in (gateway, sandboxes):
-            await proc.wait()
-
-
 async def soak(args: argparse.Namespace) -> dict[str, Any]:
-    state = tempfile.mkdtemp(prefix="bk-soak-")
-    env = {
-        **os.environ,
-        "BLAUWEKNOP_STATE_DIR": state,
-        "BLAUWEKNOP_PORT": str(GATEWAY_PORT),
-        "BLAUWEKNOP_SANDBOX_BASE_PORT": str(SANDBOX_BASE_PORT),
-        "BLAUWEKNOP_LOG_LEVEL": "WARNING",
-    }
+    env = bench_env("bk-soak-", GATEWAY_PORT, SANDBOX_BASE_PORT)
     settings = load_settings(None, env)
     load_before = os.getloadavg()[0]  # other work on the machine skews latency: say so
     gateway_url = f"http://127.0.0.1:{GATEWAY_PORT}"
     connector = aiohttp.TCPConnector(limit=512)
     samples = Samples()
-    async with processes(env) as gateway, aiohttp.ClientSession(connector=connector) as session:
-        for org in settings.organisations:
-            await wait_for(
-                f"{org.settings.base_url}/_sandbox/health", session, client_tls(org.settings)
-            )
-        await wait_for(f"{gateway_url}/healthz", session)
+    async with services(env) as pids, aiohttp.ClientSession(connector=connector) as session:
+        await wait_until_up(session, settings, gateway_url)
+        gateway = pids["gateway"]
 
         async def bundle() -> None:
             async with session.post(
@@ -141,16 +106,13 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                 samples.failures.append(f"{sent - t0:.1f}s {exc}")
 
         async def sampler() -> None:
-            assert gateway.pid is not None
             while time.monotonic() - t0 < duration:
                 samples.resources.append(
-                    (time.monotonic() - t0, rss_kb(gateway.pid), open_fds(gateway.pid))
+                    (time.monotonic() - t0, rss_kb(gateway), open_fds(gateway))
                 )
                 samples.load.append((time.monotonic() - t0, os.getloadavg()[0]))
                 await asyncio.sleep(SAMPLE_SECONDS)
-            samples.resources.append(
-                (time.monotonic() - t0, rss_kb(gateway.pid), open_fds(gateway.pid))
-            )
+            samples.resources.append((time.monotonic() - t0, rss_kb(gateway), open_fds(gateway)))
 
         sampling = asyncio.create_task(sampler())
         i = 0

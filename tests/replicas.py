@@ -20,6 +20,10 @@ from typing import Any
 
 import orjson
 
+from gateway.config import sandbox_organisation_table
+from gateway.pki import DevPki
+from tests.postgres import PostgresServer
+
 BLAUWEKNOP = str(Path(sys.executable).with_name("blauweknop"))
 _LISTENING = re.compile(r"listening on (http://\S+)")
 
@@ -37,6 +41,44 @@ def toml(data: Mapping[str, Any], prefix: str = "") -> str:
     for name, table in tables:
         out += f"\n[{name}]\n" + toml(table, f"{name}.")
     return out
+
+
+async def spawn(
+    config: Path, log: Path, *command: str, stdout: int = subprocess.DEVNULL
+) -> asyncio.subprocess.Process:
+    """`blauweknop --config CONFIG COMMAND…` as a process of its own, its stderr added to `log`.
+
+    Without this process's BLAUWEKNOP_ variables: the configuration file alone counts.
+    """
+    with log.open("ab") as err:
+        return await asyncio.create_subprocess_exec(
+            BLAUWEKNOP,
+            "--config",
+            str(config),
+            *command,
+            stdout=stdout,
+            stderr=err,
+            env={k: v for k, v in os.environ.items() if not k.startswith("BLAUWEKNOP_")},
+        )
+
+
+def replica_config(
+    state_dir: Path,
+    pki: DevPki,
+    postgres: PostgresServer,
+    database: str,
+    sandbox_urls: Mapping[str, str],
+) -> dict[str, Any]:
+    """What every replica's configuration has: sandbox mode on loopback, one `database` of
+    `postgres` as the store they share."""
+    return {
+        "mode": "sandbox",
+        "host": "127.0.0.1",
+        "state_dir": str(state_dir),
+        "deadline_seconds": 3.0,
+        "store": {"url": postgres.url(database), "password_file": str(postgres.password_file)},
+        "organisations": sandbox_organisation_table(pki, sandbox_urls),
+    }
 
 
 @dataclass

@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -45,9 +42,9 @@ from gateway.store import Store
 from gateway.store.sqlite import SqliteStore
 from tests.conftest import Stack, start_stack
 from tests.production import production_config
+from tests.replicas import spawn
 from tests.test_audit_verify import checkpoint_and_verify
 
-BLAUWEKNOP = str(Path(sys.executable).with_name("blauweknop"))
 UITGEVER = Organisatie("00000099000000099000", "bkgw", "test")
 
 
@@ -428,16 +425,7 @@ class GatewayProcess:
 
 
 async def start_gateway(config: Path, port: int, stderr: Path) -> GatewayProcess:
-    with stderr.open("ab") as err:
-        process = await asyncio.create_subprocess_exec(
-            BLAUWEKNOP,
-            "--config",
-            str(config),
-            "serve",
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            env={k: v for k, v in os.environ.items() if not k.startswith("BLAUWEKNOP_")},
-        )
+    process = await spawn(config, stderr, "serve")
     url = f"http://127.0.0.1:{port}"
 
     async def ready() -> bool:

@@ -237,6 +237,14 @@ async def _post(browser: aiohttp.ClientSession, url: str, **kwargs: Any) -> tupl
         return response.status, await response.text()
 
 
+async def _login_redirect(browser: aiohttp.ClientSession, gateway: str) -> str:
+    """Where the gateway's login start sends the browser: the stand-in DigiD."""
+    async with browser.get(
+        f"{gateway}/login", params={"return_to": "/login/sessie"}, allow_redirects=False
+    ) as response:
+        return response.headers["Location"]
+
+
 def _with_query(url: str, **changes: str) -> str:
     split = urlsplit(url)
     query = {k: v[0] for k, v in parse_qs(split.query).items()}
@@ -285,11 +293,7 @@ async def walk(world: PortalStack, recorder: Recorder) -> None:
         await _get(session, f"{gateway}/login", params={"return_to": "https://elders.example/"})
         await _get(session, f"{gateway}/login/callback")
         for error in (None, "server_error"):
-            async with session.get(
-                f"{gateway}/login", params={"return_to": "/login/sessie"}, allow_redirects=False
-            ) as response:
-                authorize_url = response.headers["Location"]
-            status, html = await _get(session, authorize_url)
+            status, html = await _get(session, await _login_redirect(session, gateway))
             pending = re.search(r'name="pending" value="([^"]+)"', html)
             assert status == 200, html
             assert pending, html
@@ -309,11 +313,7 @@ async def walk(world: PortalStack, recorder: Recorder) -> None:
         await _get(session, f"{digid}/_sandbox/health")
 
         # A whole login, then the session page, and logging out (which clears the cookie).
-        async with session.get(
-            f"{gateway}/login", params={"return_to": "/login/sessie"}, allow_redirects=False
-        ) as response:
-            login_url = response.headers["Location"]
-        page = await browser.open("digid", "GET", login_url)
+        page = await browser.open("digid", "GET", await _login_redirect(session, gateway))
         form, pairs = fill_login_form(page.html, CITIZEN, "substantieel")
         await browser.send_form("login", page.url, form, pairs)
         await _post(session, f"{gateway}/login/uitloggen", data={"return_to": "/verifieer"})

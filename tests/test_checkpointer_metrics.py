@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -26,29 +24,17 @@ from gateway.audit import EVENTS_TOPIC
 from gateway.audit.broker import EmbeddedBroker, free_port
 from gateway.pki import DevPki
 from gateway.tsa.server import start_dev_tsa
-from tests.replicas import toml
+from tests.replicas import spawn, toml
 from tests.test_audit_kafka import eventually
 from tests.test_audit_verify import event, produce
 
-BLAUWEKNOP = str(Path(sys.executable).with_name("blauweknop"))
 _METRICS_AT = re.compile(rb"checkpointer metrics at (http://\S+)/metrics")
 
 
 @contextlib.asynccontextmanager
 async def checkpointer(config: Path, log: Path) -> AsyncIterator[str]:
     """Run `blauweknop audit checkpointer`; yields the base URL of its metrics."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BLAUWEKNOP_")}
-    with log.open("ab") as err:
-        process = await asyncio.create_subprocess_exec(
-            BLAUWEKNOP,
-            "--config",
-            str(config),
-            "audit",
-            "checkpointer",
-            stdout=subprocess.PIPE,
-            stderr=err,
-            env=env,
-        )
+    process = await spawn(config, log, "audit", "checkpointer", stdout=subprocess.PIPE)
     try:
         assert process.stdout is not None
         url = None

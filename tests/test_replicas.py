@@ -21,7 +21,7 @@ import psycopg
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gateway.config import sandbox_organisation_table, settings_from_mapping
+from gateway.config import settings_from_mapping
 from gateway.demo.digid import start_digid
 from gateway.demo.journey import Browser, LoopbackCookieJar, fill_consent_form, fill_login_form
 from gateway.demo.portal.keys import new_client_key
@@ -31,7 +31,7 @@ from gateway.pki import DevPki
 from gateway.serve import start_sandboxes
 from tests.portalstack import TEST_REDIRECT, write_policies
 from tests.postgres import PostgresServer
-from tests.replicas import Replica, start_replica
+from tests.replicas import Replica, replica_config, start_replica
 
 EVERYWHERE = "999990020"
 
@@ -70,18 +70,12 @@ async def cluster(
     test_key = new_client_key()
     policies = write_policies(tmp_path / "policies", test_key, new_client_key())
     database = postgres.create_database()
-    config: dict[str, Any] = {
-        "mode": "sandbox",
-        "host": "127.0.0.1",
-        "state_dir": str(state_dir),
-        "deadline_seconds": 3.0,
+    config = replica_config(
+        state_dir, pki, postgres, database, {org: s.url for org, s in sandboxes.items()}
+    ) | {
         "policies_dir": str(policies),
         "shutdown_grace_seconds": 10.0,
         "oidc": {"issuer": digid.url},
-        "store": {"url": postgres.url(database), "password_file": str(postgres.password_file)},
-        "organisations": sandbox_organisation_table(
-            pki, {org: s.url for org, s in sandboxes.items()}
-        ),
     }
     a, b = await asyncio.gather(
         start_replica("a", config, tmp_path), start_replica("b", config, tmp_path)

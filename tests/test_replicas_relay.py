@@ -24,11 +24,11 @@ import pytest
 
 from gateway.app import RELAY
 from gateway.audit.broker import EmbeddedBroker
-from gateway.config import sandbox_organisation_table, settings_from_mapping
+from gateway.config import settings_from_mapping
 from gateway.pki import DevPki
 from gateway.serve import start_sandboxes
 from tests.postgres import PostgresServer
-from tests.replicas import Replica, start_replica
+from tests.replicas import Replica, replica_config, start_replica
 from tests.test_audit_kafka import (
     eventually,
     first_copies,
@@ -63,15 +63,9 @@ async def pair(
     base = settings_from_mapping({"state_dir": str(state_dir)})
     sandboxes = await start_sandboxes(base, any_port=True)
     database = postgres.create_database()
-    config: dict[str, Any] = {
-        "mode": "sandbox",
-        "host": "127.0.0.1",
-        "state_dir": str(state_dir),
-        "deadline_seconds": 3.0,
-        "store": {"url": postgres.url(database), "password_file": str(postgres.password_file)},
-        "kafka": kafka_table(broker),
-        "organisations": sandbox_organisation_table(pki, {s.org: s.url for s in sandboxes}),
-    }
+    config = replica_config(
+        state_dir, pki, postgres, database, {s.org: s.url for s in sandboxes}
+    ) | {"kafka": kafka_table(broker)}
     a, b = await asyncio.gather(
         start_replica("a", config, tmp_path), start_replica("b", config, tmp_path)
     )

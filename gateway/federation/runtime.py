@@ -162,15 +162,20 @@ class Federation:
             self.head = head
         for connector in stale:
             # Requests in flight may still use it; give them the fan-out deadline.
-            self._closing.add(asyncio.create_task(self._close_later(connector)))
+            task = asyncio.create_task(self._close_later(connector))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
         log.info("registry loaded", extra={"head": head, "organisations": len(members)})
         return True
 
     async def _close_later(self, connector: Connector) -> None:
-        await asyncio.sleep(self.fanout.deadline + 1)
-        close = getattr(connector, "aclose", None)
-        if close is not None:
-            await close()
+        try:
+            await asyncio.sleep(self.fanout.deadline + 1)
+        finally:
+            # Also when cancelled at shutdown: its sessions must not outlive the gateway.
+            close = getattr(connector, "aclose", None)
+            if close is not None:
+                await close()
 
     def reload_policies(self) -> bool:
         """Load `policies/*.cedar` again if the files changed; a broken edit keeps the old set."""
@@ -200,8 +205,10 @@ class Federation:
             await asyncio.sleep(self.settings.federation.poll_seconds)
 
     async def aclose(self) -> None:
-        for task in self._closing:
+        closing = list(self._closing)
+        for task in closing:
             task.cancel()
+        await asyncio.gather(*closing, return_exceptions=True)
         for connector in self._built.values():
             close = getattr(connector, "aclose", None)
             if close is not None:

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -28,22 +29,24 @@ def check_role_name(name: str) -> str:
     return name
 
 
+class RoleLock(Protocol):
+    """A store's three primitives for one role."""
+
+    async def acquire(self) -> bool: ...
+
+    async def confirm(self) -> bool: ...
+
+    async def release(self) -> None: ...
+
+
 class Election:
     """Who holds one role, kept current in the background; see `Store.leadership`."""
 
-    def __init__(
-        self,
-        name: str,
-        *,
-        acquire: Callable[[], Awaitable[bool]],
-        confirm: Callable[[], Awaitable[bool]],
-        release: Callable[[], Awaitable[None]],
-        retry_seconds: float,
-    ) -> None:
+    def __init__(self, name: str, lock: RoleLock, *, retry_seconds: float) -> None:
         self.name = check_role_name(name)
-        self._acquire = acquire
-        self._confirm = confirm
-        self._release = release
+        self._acquire = lock.acquire
+        self._confirm = lock.confirm
+        self._release = lock.release
         self.retry_seconds = retry_seconds
         self._held = False
         self._acquired = asyncio.Event()

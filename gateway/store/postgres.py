@@ -189,13 +189,7 @@ class PostgresStore:
         the moment its socket closes, a lost machine once the server's TCP keepalives give up.
         """
         lock = _AdvisoryLock(self._pool, check_role_name(name), retry_seconds)
-        return Election(
-            name,
-            acquire=lock.acquire,
-            confirm=lock.confirm,
-            release=lock.release,
-            retry_seconds=retry_seconds,
-        )
+        return Election(name, lock, retry_seconds=retry_seconds)
 
     async def _exec(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         if self._closed:

@@ -275,13 +275,7 @@ class SqliteStore:
         second process started by mistake on the same state dir from publishing too.
         """
         lock = _FileLock(self.path.with_name(f"{self.path.name}.{check_role_name(name)}.leader"))
-        return Election(
-            name,
-            acquire=lock.acquire,
-            confirm=lock.confirm,
-            release=lock.release,
-            retry_seconds=retry_seconds,
-        )
+        return Election(name, lock, retry_seconds=retry_seconds)
 
     async def ping(self) -> None:
         try:
