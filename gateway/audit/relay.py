@@ -49,7 +49,10 @@ log = logging.getLogger(__name__)
 
 _FIRST_BACKOFF = 0.2
 _MAX_BACKOFF = 5.0
-_LINGER = 0.05  # seconds between batches while the relay keeps up
+# Seconds between batches while the relay keeps up: the evidence is durable in the outbox
+# already, so publishing a few tenths of a second later costs nothing, and each batch (a read,
+# a metadata request, a send, a mark) costs the same CPU however few events it carries.
+_LINGER = 0.2
 _BACKLOG_EVERY = 1.0  # seconds between backlog gauge updates
 _PRUNE_EVERY = 60.0  # seconds between deletions of sent records, at most
 _STOP_PRODUCER = 3.0  # seconds a producer may take to close before it is torn down

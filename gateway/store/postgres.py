@@ -226,9 +226,18 @@ class PostgresStore:
         return [OutboxRecord(r[0], r[1], bytes(r[2]), int(r[3])) for r in rows]
 
     async def mark_sent(self, seqs: Sequence[int]) -> None:
-        await self._exec(
-            "UPDATE blauweknop_outbox SET sent = TRUE WHERE seq = ANY(%s)", (list(seqs),)
-        )
+        if self._closed:
+            raise StoreUnavailable("the store is closed")
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                # Not waited for: a mark lost in a crash only means those events are sent
+                # again (same ids, same bytes), and the relay need not wait for a WAL flush.
+                await conn.execute("SET LOCAL synchronous_commit TO OFF")
+                await conn.execute(
+                    "UPDATE blauweknop_outbox SET sent = TRUE WHERE seq = ANY(%s)", (list(seqs),)
+                )
+        except (psycopg.Error, PoolTimeout, OSError) as exc:
+            raise StoreUnavailable(f"PostgreSQL store failed: {exc}") from exc
 
     async def prune_sent(self, older_than: float, limit: int = 10_000) -> int:
         rows = await self._exec(
