@@ -57,15 +57,17 @@ class World:
         return self.state_dir / "archivist" / "archivist-DEVELOPMENT-ONLY.key"
 
 
-async def _download(stack: Stack, bsn: str, jws: bool = False) -> Issued:
-    headers = {"Accept": "application/jose"} if jws else {}
+FORMATS = {"json": "application/json", "jws": "application/jose"}
+FORMATS |= {"pdf": "application/pdf", "xml": "application/xml"}
+
+
+async def _download(stack: Stack, bsn: str, formaat: str = "json") -> Issued:
+    headers = {"Accept": FORMATS[formaat]}
     async with stack.session.post(
         f"{stack.url}/v1/sandbox/bundel", json={"bsn": bsn}, headers=headers
     ) as response:
         assert response.status == 200, await response.text()
-        return Issued(
-            response.headers["X-Transactie-Id"], await response.read(), "jws" if jws else "json"
-        )
+        return Issued(response.headers["X-Transactie-Id"], await response.read(), formaat)
 
 
 async def topic(broker: EmbeddedBroker, name: str = EVENTS_TOPIC) -> list[StreamRecord]:
@@ -93,7 +95,9 @@ async def world(broker: EmbeddedBroker, state_dir: Path, pki: DevPki) -> AsyncIt
     try:
         issued = [
             await _download(stack, EVERYWHERE),
-            await _download(stack, MANY_DEBTS, jws=True),
+            await _download(stack, MANY_DEBTS, "jws"),
+            await _download(stack, EVERYWHERE, "pdf"),
+            await _download(stack, MANY_DEBTS, "xml"),
             *[await _download(stack, c.bsn) for c in CITIZENS],
         ]
         await _published(broker, {i.transactie_id for i in issued}, within=30)
@@ -144,8 +148,11 @@ async def test_reproduce_gives_the_issued_bytes_with_verified_signatures(
         "BLAUWEKNOP_ORGANISATIONS__UWV__CLIENT_KEY": missing,
         "BLAUWEKNOP_ORGANISATIONS__CAK__OPTIONS__CLIENT_SECRET_FILE": missing,
     }
-    # Earlier transactions: many others were issued after them.
-    for earlier, env in ((world.issued[0], _env(world)), (world.issued[1], _env(world) | auditor)):
+    # Earlier transactions, in every format: many others were issued after them.
+    runs = [(world.issued[0], _env(world)), (world.issued[1], _env(world) | auditor)]
+    runs += [(issued, _env(world)) for issued in world.issued[2:4]]
+    assert {issued.formaat for issued, _ in runs} == {"json", "jws", "pdf", "xml"}
+    for earlier, env in runs:
         out_dir = tmp_path / earlier.transactie_id
         code, out, err = await blauweknop(
             [
@@ -288,7 +295,7 @@ async def test_tampered_ciphertexts_fail(
     world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tampering: str
 ) -> None:
     records = await topic(world.broker)
-    a, b = world.issued[2], world.issued[3]  # two JSON downloads
+    a, b = world.issued[4], world.issued[5]  # two JSON downloads
     archived = {r.key.decode(): r for r in records if r.key and b"document.gearchiveerd" in r.value}
     target, other = archived[a.transactie_id], archived[b.transactie_id]
     if tampering == "flipped ciphertext byte":

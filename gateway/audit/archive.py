@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import datetime as dt
 import hashlib
 import os
 import re
@@ -46,6 +47,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from gateway.canonical import CanonicalizationError, canonicalize
+from gateway.documents.verify import DocumentTrust, verify_file
 from gateway.errors import BlauweKnopError, ConfigError, VerificationError
 from gateway.verify import BundleVerdict, Trust, verify_compact, verify_download
 
@@ -87,6 +89,8 @@ VERIFIERS: Final[Mapping[str, Verifier]] = {
     "application/json": verify_download,
     "application/jose": verify_compact,
 }
+# The certified documents: their seal chains to trust roots (and the PDF's to a time-stamp).
+CERTIFIED: Final = frozenset({"application/pdf", "application/xml"})
 
 
 class ArchiveError(BlauweKnopError):
@@ -464,6 +468,22 @@ def _inflate(data: bytes, size: int, what: str) -> bytes:
     return plaintext
 
 
+def _verify_certified(
+    plaintext: bytes, documents: DocumentTrust | None, issued_at: str
+) -> BundleVerdict:
+    """A PDF or XML document: its seal chained to the trust roots as it was when issued."""
+    if documents is None:
+        raise VerificationError("no trust roots given to check a certified document's seal")
+    try:
+        at = dt.datetime.fromisoformat(issued_at)
+    except ValueError as exc:
+        raise VerificationError(f"bundel.uitgegeven has no valid time: {issued_at!r}") from exc
+    verdict = verify_file(plaintext, documents, at=at)
+    if not verdict.ok or verdict.bundel is None or verdict.signer_kid is None:
+        raise VerificationError("; ".join(verdict.problems) or "the seal does not verify")
+    return BundleVerdict(verdict.bundel, verdict.signer_kid, verdict.sources)
+
+
 def _b64(value: Any, name: str, max_bytes: int) -> bytes:
     if not isinstance(value, str) or len(value) > (max_bytes + 2) // 3 * 4:
         raise ArchiveIntegrityError(f"document.gearchiveerd: malformed or oversized {name!r}")
@@ -541,6 +561,7 @@ def reproduce(
     key: ArchivistPrivateKey,
     trust: Trust,
     *,
+    documents: DocumentTrust | None = None,
     scanned: int | None = None,
 ) -> Reproduction:
     """The byte-exact documents of one transaction, with every hash and signature checked.
@@ -618,7 +639,7 @@ def reproduce(
             f"transaction {transactie_id} archived {', '.join(extra)}, which bundel.uitgegeven "
             "does not list"
         )
-    documents = []
+    reproduced = []
     for formaat in sorted(archived):
         offset, sealed = archived[formaat]
         plaintext = open_document(sealed, transactie_id, key)
@@ -627,12 +648,12 @@ def reproduce(
                 f"offset {offset}: the {formaat} document's SHA-256 differs from the one in "
                 f"bundel.uitgegeven (offset {issued[0]})"
             )
-        documents.append(_verify(sealed, plaintext, issued_data, trust, transactie_id))
+        reproduced.append(_verify(sealed, plaintext, issued, trust, documents, transactie_id))
     return Reproduction(
         transactie_id=transactie_id,
         bundel_id=str(issued_data.get("bundel_id")),
         issued_at=str(issued[1]["time"]),
-        documents=tuple(documents),
+        documents=tuple(reproduced),
         notes=tuple(notes),
     )
 
@@ -640,18 +661,23 @@ def reproduce(
 def _verify(
     sealed: SealedDocument,
     plaintext: bytes,
-    issued: Mapping[str, Any],
+    issued_event: tuple[int, dict[str, Any]],
     trust: Trust,
+    documents: DocumentTrust | None,
     transactie_id: str,
 ) -> ReproducedDocument:
+    issued = issued_event[1]["data"]
     verifier = VERIFIERS.get(sealed.mediatype)
-    if verifier is None:
+    if verifier is None and sealed.mediatype not in CERTIFIED:
         raise ArchiveIntegrityError(
             f"no verifier for media type {sealed.mediatype} (format {sealed.formaat}); "
             "this version cannot check that document's signatures"
         )
     try:
-        verdict = verifier(plaintext, trust)
+        if verifier is not None:
+            verdict = verifier(plaintext, trust)
+        else:
+            verdict = _verify_certified(plaintext, documents, issued_event[1]["time"])
     except VerificationError as exc:
         raise ArchiveIntegrityError(
             f"the {sealed.formaat} document of transaction {transactie_id} decrypts, but its "

@@ -46,6 +46,7 @@ from gateway.config import (
     load_settings,
     verification_connectors,
 )
+from gateway.documents.service import document_trust
 from gateway.errors import ConfigError
 from gateway.sign import jwk_thumbprint
 from gateway.verify import Trust
@@ -156,7 +157,14 @@ def _reproduce(args: argparse.Namespace, resolve: Resolve) -> int:
         if kafka is None:
             raise ConfigError("no Kafka configured: set [kafka] bootstrap_servers, or --archive")
         records, scanned = asyncio.run(_transaction_records(kafka, args.transactie_id))
-    result = reproduce(records, args.transactie_id, key, trust, scanned=scanned)
+    result = reproduce(
+        records,
+        args.transactie_id,
+        key,
+        trust,
+        documents=document_trust(settings),
+        scanned=scanned,
+    )
     _write(result, args.output)
     return 0
 
