@@ -23,6 +23,14 @@ from gateway.serve import start_sandboxes
 from tests.postgres import PostgresServer
 
 
+def fresh_state(tmp_path: Path, pki: DevPki) -> Path:
+    """A state dir of its own (its own outbox) that shares the session's development PKI."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "pki").symlink_to(pki.directory)
+    return state
+
+
 @pytest.fixture(scope="session")
 def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return Path(tmp_path_factory.mktemp("state"))

@@ -40,7 +40,7 @@ from gateway.pki import DevPki
 from gateway.serve import start_sandboxes
 from gateway.store import Store
 from gateway.store.sqlite import SqliteStore
-from tests.conftest import Stack, start_stack
+from tests.conftest import Stack, fresh_state, start_stack
 from tests.production import production_config
 from tests.replicas import spawn
 from tests.test_audit_verify import checkpoint_and_verify
@@ -114,14 +114,6 @@ def kafka_table(broker: EmbeddedBroker) -> dict[str, Any]:
         "request_timeout_seconds": 2.0,
         "send_timeout_seconds": 4.0,
     }
-
-
-def fresh_state(tmp_path: Path, pki: DevPki) -> Path:
-    """A state dir of its own (its own outbox) that shares the session's development PKI."""
-    state = tmp_path / "state"
-    state.mkdir()
-    (state / "pki").symlink_to(pki.directory)
-    return state
 
 
 @dataclass

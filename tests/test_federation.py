@@ -28,7 +28,7 @@ from gateway.federation.keys import development_admin_key
 from gateway.federation.registry import Rules, parse_entry
 from gateway.federation.safety import GuardedResolver, UnsafeAddress, check_url
 from gateway.pki import DevPki
-from tests.conftest import Stack, start_stack
+from tests.conftest import Stack, fresh_state, start_stack
 
 SVB_OIN = "00000001001000000000"
 EVERYWHERE = "999990020"
@@ -71,9 +71,7 @@ async def audit_events(stack: Stack, name: str) -> list[dict[str, Any]]:
 @pytest.fixture
 async def fed(tmp_path: Path, pki: DevPki) -> AsyncIterator[tuple[Stack, RunningSandbox, Path]]:
     """A gateway with its own state (so registrations don't leak between tests) and the SVB."""
-    state = tmp_path / "state"
-    state.mkdir()
-    (state / "pki").symlink_to(pki.directory)
+    state = fresh_state(tmp_path, pki)
     stack, runners = await start_stack(state, pki, federation={"poll_seconds": 0.1})
     svb = await start_sandbox("svb", pki)
     yield stack, svb, state
@@ -283,9 +281,7 @@ MUNICIPALITIES = {
 async def test_25_organisations_and_each_citizen_reaches_only_their_municipality(
     tmp_path: Path, pki: DevPki
 ) -> None:
-    state = tmp_path / "state"
-    state.mkdir()
-    (state / "pki").symlink_to(pki.directory)
+    state = fresh_state(tmp_path, pki)
     brp_runner, brp_port = await serve_app(create_brp(pki))
     stack, runners = await start_stack(
         state,

@@ -29,7 +29,7 @@ from gateway.federation.client import (
 )
 from gateway.federation.keys import development_admin_key
 from gateway.pki import DevPki
-from tests.conftest import Stack, start_stack
+from tests.conftest import Stack, fresh_state, start_stack
 from tests.federation_pki import Issued, issue, root
 from tests.test_federation import (
     EVERYWHERE,
@@ -87,9 +87,7 @@ async def world(tmp_path: Path, pki: DevPki) -> AsyncIterator[World]:
     files.mkdir()
     root_file = files / "federation-root.pem"
     root_file.write_text(federation_root.pem + tsp_ca.pem)
-    state = tmp_path / "state"
-    state.mkdir()
-    (state / "pki").symlink_to(pki.directory)
+    state = fresh_state(tmp_path, pki)
     stack, runners = await start_stack(
         state,
         pki,

@@ -20,6 +20,7 @@ from gateway.app import AUDIT
 from gateway.demo.portal.oauth import PortalClient, dpop_proof
 from gateway.federation.api import FEDERATION
 from gateway.pki import DevPki
+from tests.conftest import fresh_state
 from tests.portalstack import PortalStack, authorize, start_portal_stack, stop_portal_stack
 
 CITIZEN = "999990020"
@@ -57,9 +58,7 @@ async def fetch(
 
 @pytest.fixture
 async def world(tmp_path: Path, pki: DevPki) -> AsyncIterator[PortalStack]:
-    state = tmp_path / "state"
-    state.mkdir()
-    (state / "pki").symlink_to(pki.directory)
+    state = fresh_state(tmp_path, pki)
     made = await start_portal_stack(
         state,
         pki,
@@ -147,9 +146,7 @@ async def test_consent_offers_only_the_citizens_own_municipality(
     from gateway.federation.client import approval_request, jwks_for, organisation_request, send
     from gateway.federation.keys import development_admin_key
 
-    state = tmp_path / "state"
-    state.mkdir()
-    (state / "pki").symlink_to(pki.directory)
+    state = fresh_state(tmp_path, pki)
     brp, brp_port = await serve_app(create_brp(pki))
     rotterdam, rotterdam_port = await serve_app(create_gemeente(pki, gemeentecode="0599"))
     world = await start_portal_stack(

@@ -23,7 +23,7 @@ from gateway.federation.client import (
 )
 from gateway.federation.keys import development_admin_key
 from gateway.pki import DevPki
-from tests.conftest import Stack, start_stack
+from tests.conftest import Stack, fresh_state, start_stack
 from tests.test_federation import (
     EVERYWHERE,
     SVB_OIN,
@@ -39,9 +39,7 @@ from tests.test_federation import (
 @pytest.fixture
 async def svb(tmp_path: Path, pki: DevPki) -> AsyncIterator[tuple[Stack, Path]]:
     """A gateway on its own state with the SVB registered and approved (version 2)."""
-    state = tmp_path / "state"
-    state.mkdir()
-    (state / "pki").symlink_to(pki.directory)
+    state = fresh_state(tmp_path, pki)
     stack, runners = await start_stack(state, pki, federation={"poll_seconds": 0.1})
     sandbox: RunningSandbox = await start_sandbox("svb", pki)
     await register_and_approve(stack, state, signing_key(pki), svb_entry(sandbox.url, pki))

@@ -25,6 +25,7 @@ from connectors.svb.sandbox import create_app as create_svb
 from gateway.connector import ConnectorSettings, FetchRequest, SourceData
 from gateway.errors import SourceInvalid
 from gateway.pki import DevPki
+from tests.conftest import fresh_state
 from tests.federation_pki import Issued, issue, root
 
 SVB_OIN = ORGANISATIE.oin
@@ -148,9 +149,7 @@ async def test_a_registered_anchor_reaches_the_running_gateway(
     from tests.conftest import start_stack
     from tests.test_federation import eventually, register_and_approve, svb_entry
 
-    state = tmp_path / "state"
-    state.mkdir()
-    (state / "pki").symlink_to(pki.directory)
+    state = fresh_state(tmp_path, pki)
     stack, runners = await start_stack(state, pki, federation={"poll_seconds": 0.1})
     leaf = issue("SVB seal", hierarchy["svb-ca"], use="sign", oin=SVB_OIN)
     try:

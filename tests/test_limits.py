@@ -42,7 +42,7 @@ from gateway.federation.api import FEDERATION
 from gateway.limits import serve_gateway
 from gateway.models import Organisatie
 from gateway.pki import DevPki
-from tests.conftest import start_stack
+from tests.conftest import fresh_state, start_stack
 from tests.test_connector_duo import settings as duo_settings
 from tests.test_connector_uwv import settings_for as uwv_settings
 from tests.test_federation import EVERYWHERE, eventually, register_and_approve, statuses, svb_entry
@@ -532,9 +532,7 @@ def test_the_verify_command_keeps_to_the_same_limits(tmp_path: Path, pki: DevPki
 async def test_an_organisation_that_joined_through_the_registry_keeps_to_the_federation_limits(
     tmp_path: Path, pki: DevPki, caplog: pytest.LogCaptureFixture
 ) -> None:
-    state = tmp_path / "state"
-    state.mkdir()
-    (state / "pki").symlink_to(pki.directory)
+    state = fresh_state(tmp_path, pki)
     federation = {"poll_seconds": 0.1, "read_timeout": 0.5, "max_body_bytes": 64 * 1024}
     stack, runners = await start_stack(state, pki, federation=federation)
     svb = await start_sandbox("svb", pki)

@@ -55,6 +55,7 @@ from gateway.errors import ConfigError, OAuthError
 from gateway.pki import DevPki
 from gateway.store.sqlite import SqliteStore
 from gateway.verify import verify_compact, verify_download
+from tests.conftest import fresh_state
 from tests.portalstack import PortalStack, authorize, start_portal_stack, stop_portal_stack
 
 BLAUWEKNOP = str(Path(sys.executable).with_name("blauweknop"))
@@ -193,9 +194,7 @@ async def test_portal_says_start_again_when_the_gateway_revokes_the_token(
 async def limited(tmp_path: Path, pki: DevPki) -> AsyncIterator[PortalStack]:
     """Tokens live 5 s, and a citizen may have one bundle a minute: the overview's. A state
     directory (and store, which counts the requests) of its own: other tests' do not count."""
-    state = tmp_path / "state"
-    state.mkdir()
-    (state / "pki").symlink_to(pki.directory)
+    state = fresh_state(tmp_path, pki)
     made = await start_portal_stack(
         state,
         pki,
