@@ -4,7 +4,9 @@ Runs the four sandboxes in one process and the gateway in another, then drives l
 this process:
 
 * overhead: every organisation at 50 ms added latency; gateway p50 (and p99) divided by the
-  p50 (p99) of the slowest organisation as the gateway measured it, at 1 and 16 clients;
+  p50 (p99) of the slowest organisation as the gateway measured it, at 1 and 16 clients; beside
+  it the same load from a bare client (no gateway), whose rise from 1 to 16 clients shows how
+  much of the machine the sandboxes and the calls alone take;
 * throughput: no added latency, 16 clients; signed bundles per second through the gateway
   divided by the rate of a bare aiohttp client making the same four organisation calls itself
   and verifying their signatures (with the same connector code, in this process);
@@ -180,6 +182,19 @@ async def run(quick: bool) -> dict[str, Any]:
                 result: dict[str, Any] = orjson.loads(await response.read())
                 return result
 
+        connectors = [connector_factory(o.connector)(o.settings) for o in settings.organisations]
+        bare_slowest: list[float] = []
+
+        async def timed(connector: Any, request: FetchRequest) -> float:
+            started = time.perf_counter()
+            await connector.fetch(request)
+            return time.perf_counter() - started
+
+        async def bare_timed() -> None:
+            request = FetchRequest(CITIZEN, "bench-bare-client", session)
+            durations = await asyncio.gather(*(timed(c, request) for c in connectors))
+            bare_slowest.append(max(durations))
+
         await set_latency(50)
         for clients, count in ((1, 100 if quick else 400), (16, 400 if quick else 2000)):
             await closed_loop(clients, clients * 4, bundle)  # warm up
@@ -203,9 +218,25 @@ async def run(quick: bool) -> dict[str, Any]:
                 "ratio_p50": round(gw_p50 / org_p50, 3),
                 "ratio_p99": round(gw_p99 / org_p99, 3),
             }
+            # The same load without any gateway: this process makes the four calls and checks
+            # the signatures itself. How far its own latency rises from 1 to 16 clients shows
+            # how much of the machine the organisations and the calls alone already take.
+            await closed_loop(clients, clients * 4, bare_timed)
+            bare_slowest.clear()
+            bare_latencies, _, _ = await closed_loop(clients, count, bare_timed)
+            report[f"bare_client_c{clients}"] = {
+                "p50_ms": round(statistics.median(bare_latencies) * 1000, 1),
+                "p99_ms": round(percentile(bare_latencies, 99) * 1000, 1),
+                "slowest_org_p50_ms": round(statistics.median(bare_slowest) * 1000, 1),
+            }
+        report["bare_client_p50_c16_over_c1"] = round(
+            report["bare_client_c16"]["p50_ms"] / report["bare_client_c1"]["p50_ms"], 3
+        )
+        report["gateway_p50_c16_over_c1"] = round(
+            report["overhead_c16"]["gateway_p50_ms"] / report["overhead_c1"]["gateway_p50_ms"], 3
+        )
 
         await set_latency(0)
-        connectors = [connector_factory(o.connector)(o.settings) for o in settings.organisations]
 
         async def bare() -> None:
             request = FetchRequest(CITIZEN, "bench-bare-client", session)
