@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway import jws
 from gateway.canonical import canonicalize
@@ -20,6 +23,14 @@ from gateway.zaak import build_zaak
 
 DUO = Organisatie("00000099000000001000", "duo", "DUO")
 GATEWAY = Organisatie("00000099000000099000", "bkgw", "Gateway")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_b64url_is_rfc_7515_base64url(data: bytes) -> None:
+    encoded = jws.b64url(data)
+    assert encoded == base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+    assert jws.b64url_decode(encoded) == data
 
 
 def bundel(bsn: str = "999990020", amount: int = 150000) -> Bundel:
