@@ -56,6 +56,23 @@ async def test_concurrent_appends_survive_reopen_in_order(opener: Opener) -> Non
         await reopened.close()
 
 
+async def test_large_batches_stay_whole_and_in_order(opener: Opener) -> None:
+    # More records than SQLite writes in one statement: still one transaction, in order.
+    store = await opener()
+    try:
+        await store.append([record(i) for i in range(1234)])
+        with pytest.raises(StoreUnavailable):
+            await store.append([record(i) for i in range(2000, 3100)] + [record(7)])
+        pending = await store.unsent(5000)
+        assert [r.event_id for r in pending] == [f"ev-{i}" for i in range(1234)]
+        await store.mark_sent([r.seq for r in pending[:1100]])
+        assert [r.event_id for r in await store.unsent(5000)] == [
+            f"ev-{i}" for i in range(1100, 1234)
+        ]
+    finally:
+        await store.close()
+
+
 async def test_prune_deletes_only_sent_records_older_than_asked(opener: Opener) -> None:
     store = await opener()
     try:

@@ -53,6 +53,25 @@ CREATE TABLE IF NOT EXISTS documents (
 CREATE INDEX IF NOT EXISTS documents_kind ON documents (kind, seq);
 """
 
+# Many rows per statement, not one statement per row: sqlite3 hands the GIL back for every step
+# of a statement, and on a busy gateway each time it wants the GIL back it waits for the event
+# loop's thread, a forced thread switch each time (docs/performance.md: 36 switches a bundle).
+_ROWS_PER_STATEMENT = 500  # at most 2,000 parameters; SQLite allows 32,766 since 3.32
+
+
+def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    return (items[start : start + size] for start in range(0, len(items), size))
+
+
+def _insert_sql(rows: int) -> str:
+    # Only placeholders are joined in; every value is a bound parameter.
+    values = ", ".join(["(?, ?, ?, ?)"] * rows)
+    return f"INSERT INTO outbox (event_id, key, payload, stored_at) VALUES {values}"  # noqa: S608
+
+
+def _mark_sent_sql(rows: int) -> str:
+    return f"UPDATE outbox SET sent = 1 WHERE seq IN ({', '.join('?' * rows)})"  # noqa: S608
+
 
 class SqliteStore:
     def __init__(self, path: Path) -> None:
@@ -114,10 +133,11 @@ class SqliteStore:
     def _insert(self, records: list[OutboxRecord]) -> None:
         now = time.time()
         with self._transaction() as conn:
-            conn.executemany(
-                "INSERT INTO outbox (event_id, key, payload, stored_at) VALUES (?, ?, ?, ?)",
-                [(r.event_id, r.key, r.payload, now) for r in records],
-            )
+            for chunk in _chunks(records, _ROWS_PER_STATEMENT):
+                conn.execute(
+                    _insert_sql(len(chunk)),
+                    [v for r in chunk for v in (r.event_id, r.key, r.payload, now)],
+                )
 
     async def unsent(self, limit: int) -> Sequence[OutboxRecord]:
         rows = await self._run(
@@ -136,7 +156,9 @@ class SqliteStore:
         conn = self.conn
         conn.execute("PRAGMA synchronous=NORMAL")
         try:
-            self._execute_many("UPDATE outbox SET sent = 1 WHERE seq = ?", [(s,) for s in seqs])
+            with self._transaction() as conn:
+                for chunk in _chunks(seqs, _ROWS_PER_STATEMENT):
+                    conn.execute(_mark_sent_sql(len(chunk)), chunk)
         finally:
             conn.execute("PRAGMA synchronous=FULL")
 
@@ -272,10 +294,6 @@ class SqliteStore:
 
     def _query(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         return self.conn.execute(sql, params).fetchall()
-
-    def _execute_many(self, sql: str, params: list[tuple[Any, ...]]) -> None:
-        with self._transaction() as conn:
-            conn.executemany(sql, params)
 
     def leadership(self, name: str, *, retry_seconds: float = 2.0) -> Election:
         """An exclusive `flock` on `<database>.<name>.leader`: one process per state dir leads.
