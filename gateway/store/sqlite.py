@@ -53,9 +53,9 @@ CREATE TABLE IF NOT EXISTS documents (
 CREATE INDEX IF NOT EXISTS documents_kind ON documents (kind, seq);
 """
 
-# Many rows per statement, not one statement per row: sqlite3 hands the GIL back for every step
-# of a statement, and on a busy gateway each time it wants the GIL back it waits for the event
-# loop's thread, a forced thread switch each time (docs/performance.md: 36 switches a bundle).
+# Many rows per statement, not one statement per row: sqlite3 gives up the GIL for every step of
+# a statement, and on a busy gateway each time it wants the GIL back it waits for the event
+# loop's thread, a thread switch each time (docs/performance.md, session 4).
 _ROWS_PER_STATEMENT = 500  # at most 2,000 parameters; SQLite allows 32,766 since 3.32
 
 
