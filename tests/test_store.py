@@ -73,6 +73,23 @@ async def test_large_batches_stay_whole_and_in_order(opener: Opener) -> None:
         await store.close()
 
 
+async def test_payloads_come_back_byte_for_byte(opener: Opener) -> None:
+    # Events carry any UTF-8 text, quotes and backslashes, and archived documents of 100 KB.
+    payloads = [
+        '{"naam":"Zoë \\"de\\" Vries, ½ \\\\ ]","x":[1,2]}'.encode(),
+        "€𝄞\u2028".encode() * 3,
+        b"{}" + b"x" * 100_000,
+        b"",
+    ]
+    store = await opener()
+    try:
+        await store.append([OutboxRecord(f"ev-{i}", "tx-1", p) for i, p in enumerate(payloads)])
+        assert [r.payload for r in await store.unsent(10)] == payloads
+        assert [r.payload for r in await store.unsent(2)] == payloads[:2]
+    finally:
+        await store.close()
+
+
 async def test_prune_deletes_only_sent_records_older_than_asked(opener: Opener) -> None:
     store = await opener()
     try:
