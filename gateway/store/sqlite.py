@@ -18,8 +18,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-import orjson
-
 from gateway.store import DocumentVersion, OutboxRecord, StoreUnavailable, VersionConflict
 from gateway.store._groupcommit import GroupCommit
 from gateway.store._leadership import Election, check_role_name
@@ -59,11 +57,6 @@ CREATE INDEX IF NOT EXISTS documents_kind ON documents (kind, seq);
 # a statement, and on a busy gateway each time it wants the GIL back it waits for the event
 # loop's thread, a thread switch each time (docs/performance.md, session 4).
 _ROWS_PER_STATEMENT = 500  # at most 2,000 parameters; SQLite allows 32,766 since 3.32
-
-_UNSENT_SQL = """
-SELECT json_group_array(json_array(seq, event_id, key, length(payload))), group_concat(payload, '')
-FROM (SELECT seq, event_id, key, payload FROM outbox WHERE sent = 0 ORDER BY seq LIMIT ?)
-"""
 
 
 def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
@@ -147,28 +140,12 @@ class SqliteStore:
                 )
 
     async def unsent(self, limit: int) -> Sequence[OutboxRecord]:
-        records: list[OutboxRecord] = await self._run(self._unsent, limit)
-        return records
-
-    def _unsent(self, limit: int) -> list[OutboxRecord]:
-        # The whole batch as one row (one step, so one wait for the GIL, not one per record):
-        # the records' fields as a JSON array and their payloads end to end, in the same order.
-        conn = self.conn
-        conn.text_factory = bytes
-        try:
-            index, payloads = conn.execute(_UNSENT_SQL, (limit,)).fetchone()
-        finally:
-            conn.text_factory = str
-        records: list[OutboxRecord] = []
-        offset = 0
-        for seq, event_id, key, size in orjson.loads(index):
-            records.append(OutboxRecord(event_id, key, payloads[offset : offset + size], seq))
-            offset += size
-        if offset != len(payloads or b""):
-            raise StoreUnavailable("the outbox returned payloads of unexpected lengths")
-        # SQLite does not promise to aggregate in the subquery's order; the relay needs it.
-        records.sort(key=lambda r: r.seq)
-        return records
+        rows = await self._run(
+            self._query,
+            "SELECT event_id, key, payload, seq FROM outbox WHERE sent = 0 ORDER BY seq LIMIT ?",
+            (limit,),
+        )
+        return [OutboxRecord(r[0], r[1], r[2], r[3]) for r in rows]
 
     async def mark_sent(self, seqs: Sequence[int]) -> None:
         await self._run(self._mark_sent, seqs)
