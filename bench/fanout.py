@@ -36,7 +36,7 @@ import aiohttp
 import orjson
 
 from gateway.config import Settings, connector_factory, load_settings
-from gateway.connector import FetchRequest, client_tls
+from gateway.connector import Connector, FetchRequest, client_tls
 
 CITIZEN = "999990020"  # data everywhere
 GATEWAY_PORT = 18080
@@ -183,14 +183,14 @@ async def run(quick: bool) -> dict[str, Any]:
                 return result
 
         connectors = [connector_factory(o.connector)(o.settings) for o in settings.organisations]
-        bare_slowest: list[float] = []
+        bare_slowest: list[float] = []  # per call set, the slowest organisation's time
 
-        async def timed(connector: Any, request: FetchRequest) -> float:
+        async def timed(connector: Connector, request: FetchRequest) -> float:
             started = time.perf_counter()
             await connector.fetch(request)
             return time.perf_counter() - started
 
-        async def bare_timed() -> None:
+        async def bare_client() -> None:
             request = FetchRequest(CITIZEN, "bench-bare-client", session)
             durations = await asyncio.gather(*(timed(c, request) for c in connectors))
             bare_slowest.append(max(durations))
@@ -221,9 +221,9 @@ async def run(quick: bool) -> dict[str, Any]:
             # The same load without any gateway: this process makes the four calls and checks
             # the signatures itself. How far its own latency rises from 1 to 16 clients shows
             # how much of the machine the organisations and the calls alone already take.
-            await closed_loop(clients, clients * 4, bare_timed)
+            await closed_loop(clients, clients * 4, bare_client)
             bare_slowest.clear()
-            bare_latencies, _, _ = await closed_loop(clients, count, bare_timed)
+            bare_latencies, _, _ = await closed_loop(clients, count, bare_client)
             report[f"bare_client_c{clients}"] = {
                 "p50_ms": round(statistics.median(bare_latencies) * 1000, 1),
                 "p99_ms": round(percentile(bare_latencies, 99) * 1000, 1),
@@ -238,12 +238,8 @@ async def run(quick: bool) -> dict[str, Any]:
 
         await set_latency(0)
 
-        async def bare() -> None:
-            request = FetchRequest(CITIZEN, "bench-bare-client", session)
-            await asyncio.gather(*(c.fetch(request) for c in connectors))
-
         total = 500 if quick else 3000
-        for name, call in (("gateway", bundle), ("bare_client", bare)):
+        for name, call in (("gateway", bundle), ("bare_client", bare_client)):
             await closed_loop(16, 64, call)  # warm up
             cpu_before = cpu_seconds(pids)
             _, _, seconds = await closed_loop(16, total, call)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import os
 import sqlite3
 import time
@@ -63,12 +64,14 @@ def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     return (items[start : start + size] for start in range(0, len(items), size))
 
 
+@functools.lru_cache(maxsize=64)  # the same texts, so sqlite3's statement cache finds them
 def _insert_sql(rows: int) -> str:
     # Only placeholders are joined in; every value is a bound parameter.
     values = ", ".join(["(?, ?, ?, ?)"] * rows)
     return f"INSERT INTO outbox (event_id, key, payload, stored_at) VALUES {values}"  # noqa: S608
 
 
+@functools.lru_cache(maxsize=64)
 def _mark_sent_sql(rows: int) -> str:
     return f"UPDATE outbox SET sent = 1 WHERE seq IN ({', '.join('?' * rows)})"  # noqa: S608
 
@@ -156,7 +159,7 @@ class SqliteStore:
         conn = self.conn
         conn.execute("PRAGMA synchronous=NORMAL")
         try:
-            with self._transaction() as conn:
+            with self._transaction():
                 for chunk in _chunks(seqs, _ROWS_PER_STATEMENT):
                     conn.execute(_mark_sent_sql(len(chunk)), chunk)
         finally:
