@@ -222,8 +222,6 @@ async def release(
             "Tijdelijk niet beschikbaar",
             "The audit record could not be stored, so no data is released. Try again later.",
         )
-    if RELAY in request.app:
-        request.app[RELAY].wake()
     request.app[METRICS].bundles.labels("issued").inc()
     return web.Response(body=body, content_type=content_type)
 

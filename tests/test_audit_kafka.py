@@ -12,7 +12,7 @@ import shutil
 import signal
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from gateway.metrics import Metrics
 from gateway.models import Organisatie
 from gateway.pki import DevPki
 from gateway.serve import start_sandboxes
-from gateway.store import Store
+from gateway.store import OutboxRecord, Store
 from gateway.store.sqlite import SqliteStore
 from tests.conftest import Stack, fresh_state, start_stack
 from tests.production import production_config
@@ -222,6 +222,68 @@ async def test_relay_delivers_every_event_in_order_and_marks_them_sent(
     assert ids[1200:] == ids[:1200], "the redelivery carries the same event ids"
     assert [r.value for r in records[1200:]] == [r.value for r in records[:1200]]
     assert first_copies(records) == [e.event_id for e in events]
+
+
+class CountingStore(SqliteStore):
+    """The real SQLite store, counting the relay's reads of the outbox that found records."""
+
+    reads_with_records = 0
+
+    async def unsent(self, limit: int) -> Sequence[OutboxRecord]:
+        records = await super().unsent(limit)
+        self.reads_with_records += bool(records)
+        return records
+
+
+def published_batches(metrics: Metrics) -> float:
+    [count] = [
+        sample.value
+        for family in metrics.audit_publish_seconds.collect()
+        for sample in family.samples
+        if sample.name.endswith("_count")
+    ]
+    return count
+
+
+@pytest.mark.parametrize("handed_max_bytes", [64 * 1024 * 1024, 2_000])
+async def test_relay_publishes_what_it_is_handed_and_reads_the_outbox_at_every_gap(
+    broker: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, handed_max_bytes: int
+) -> None:
+    # The relay's store hands it each committed batch. A second store on the same file stands
+    # in for another process appending too: its records are gaps in what the relay was handed.
+    # With a tiny memory (2,000 bytes) handed records are dropped again and again.
+    monkeypatch.setattr("gateway.audit.relay._HANDED_MAX_BYTES", handed_max_bytes)
+    db = tmp_path / "outbox.db"
+    store = await CountingStore.open(db)
+    other = await SqliteStore.open(db)
+    trail = AuditTrail(store, PseudonymKey("k1", b"s" * 32), UITGEVER)
+    await store.append([trail.event("login.geslaagd", "tx-before", {"n": i}) for i in range(10)])
+    metrics = Metrics()
+    relay = Relay(store, broker.kafka_config(), metrics)
+    relay.start()
+    gaps = 0
+    try:
+        for i in range(60):
+            events = [trail.event("organisatie.bevraagd", f"tx-{i}", {"n": n}) for n in range(5)]
+            await store.append(events)
+            if i % 10 == 9:
+                await other.append([trail.event("consent.gegeven", f"tx-other-{i}", {"n": i})])
+                gaps += 1
+            await asyncio.sleep(0.05)
+        await eventually(lambda: _backlog_is(store, 0), 15, "the relay emptied the outbox")
+    finally:
+        await relay.stop()
+        await other.close()
+        await store.close()
+    records = await assert_topic_holds_outbox(db, broker.kafka_config())
+    assert [r.offset for r in records] == list(range(10 + 60 * 5 + gaps)), "each event once"
+    batches = published_batches(metrics)
+    if handed_max_bytes > 2_000:
+        # Read back: the backlog from before the start, and once after each gap.
+        assert store.reads_with_records <= 1 + gaps
+        assert batches >= store.reads_with_records + 5, "most batches came from memory"
+    else:
+        assert store.reads_with_records >= gaps
 
 
 async def test_relay_deletes_sent_events_after_the_window_and_never_unsent_ones(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import psycopg
@@ -69,6 +69,28 @@ async def test_large_batches_stay_whole_and_in_order(opener: Opener) -> None:
         assert [r.event_id for r in await store.unsent(5000)] == [
             f"ev-{i}" for i in range(1100, 1234)
         ]
+    finally:
+        await store.close()
+
+
+async def test_committed_appends_are_handed_over_with_their_seqs_where_seqs_keep_order(
+    opener: Opener,
+) -> None:
+    store = await opener()
+    handed: list[Sequence[OutboxRecord]] = []
+    store.follow_appends(handed.append)
+    try:
+        await asyncio.gather(*(store.append([record(i), record(1000 + i)]) for i in range(50)))
+        with pytest.raises(StoreUnavailable):
+            await store.append([record(5000), record(1)])  # a duplicate id: nothing committed
+        await store.append([record(i) for i in range(2000, 2600)])  # more than one statement
+        pending = list(await store.unsent(5000))
+        assert len(pending) == 700
+        if isinstance(store, SqliteStore):
+            # Dense seqs in commit order: exactly what the relay would read back, seqs included.
+            assert [r for batch in handed for r in batch] == pending
+        else:
+            assert handed == [], "PostgreSQL's identity values do not follow commit order"
     finally:
         await store.close()
 

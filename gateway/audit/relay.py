@@ -12,6 +12,12 @@ record not yet acknowledged. Records that did reach the old broker may so arrive
 duplicate carries the same event id and the same bytes. The first copy of every event is always
 in outbox order.
 
+What the relay publishes it normally takes from memory: the store hands it every batch it
+commits (`Store.follow_appends`), and while those records continue the outbox's sequence
+exactly where the last published batch ended, reading them back would only cost time. At any gap
+(an append by another process, a record of before the start, a handed batch dropped because
+Kafka was away too long) the relay reads the outbox again, from the oldest unsent record.
+
 Sent records stay in the outbox for `keep_sent_seconds` (a window in which an operator can still
 replay them should a Kafka cluster lose acknowledged data), then the relay deletes them, so the
 outbox holds a bounded amount however long the gateway runs.
@@ -31,6 +37,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -58,6 +65,8 @@ _PRUNE_EVERY = 60.0  # seconds between deletions of sent records, at most
 _STOP_PRODUCER = 3.0  # seconds a producer may take to close before it is torn down
 _UNKNOWN_TOPIC = 3  # Kafka error code UNKNOWN_TOPIC_OR_PARTITION
 _RECORD_OVERHEAD = 128  # record batch header and one record's framing, generously
+# Handed records kept while Kafka is away; beyond this they are dropped (the outbox has them).
+_HANDED_MAX_BYTES = 64 * 1024 * 1024
 ROLE = "audit-relay"  # the store's leadership role: one publishing relay across replicas
 
 
@@ -92,6 +101,12 @@ class Relay:
         # How many records to read at once: `relay_batch`, or fewer while the events are so
         # large (archived documents) that fewer fit in one batch of `max_message_bytes`.
         self._read_limit = config.relay_batch
+        # Records the store handed over after committing them, and the seq that the next
+        # published record must have for them to be used (None: read the outbox first).
+        self._handed: deque[OutboxRecord] = deque()
+        self._handed_bytes = 0
+        self._next_seq: int | None = None
+        store.follow_appends(self._hand_over)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -139,7 +154,40 @@ class Relay:
             finally:
                 self._set_leading(False)
 
+    def _hand_over(self, records: Sequence[OutboxRecord]) -> None:
+        """The store committed these records: keep them for publishing, and wake up."""
+        if self._leading:
+            self._handed.extend(records)
+            self._handed_bytes += sum(len(r.payload) for r in records)
+            if self._handed_bytes > _HANDED_MAX_BYTES:
+                self._forget_handed()  # Kafka is away: the outbox keeps them meanwhile
+        self._wake.set()
+
+    def _forget_handed(self) -> None:
+        self._handed.clear()
+        self._handed_bytes = 0
+
+    def _take_handed(self, limit: int) -> list[OutboxRecord]:
+        """The handed records that continue from the last published one, up to `limit`."""
+        if self._next_seq is None:
+            return []
+        handed = self._handed
+        while handed and handed[0].seq < self._next_seq:  # published by way of the outbox
+            self._handed_bytes -= len(handed.popleft().payload)
+        records: list[OutboxRecord] = []
+        for record in handed:
+            if record.seq != self._next_seq + len(records) or len(records) == limit:
+                break
+            records.append(record)
+        return records
+
+    async def _next_records(self) -> Sequence[OutboxRecord]:
+        return self._take_handed(self._read_limit) or await self.store.unsent(self._read_limit)
+
     def _set_leading(self, leading: bool) -> None:
+        if not leading:  # another replica may publish meanwhile: start over from the outbox
+            self._next_seq = None
+            self._forget_handed()
         if leading != self._leading:
             log.info(
                 "audit relay %s",
@@ -168,7 +216,7 @@ class Relay:
                     continue
                 self._set_leading(True)
                 await self._prune()  # the leader only: one replica deletes, as one publishes
-                records = await self.store.unsent(self._read_limit)
+                records = await self._next_records()
                 await self._update_backlog(len(records))
                 if not records:
                     if self._draining:
@@ -177,8 +225,10 @@ class Relay:
                     continue
                 if not await lead.confirm():  # lost since the last check: publish nothing
                     continue
+                self._next_seq = None  # until this batch is published and marked
                 count = await self._publish(records)
                 await self.store.mark_sent([r.seq for r in records[:count]])
+                self._next_seq = records[count - 1].seq + 1
                 self.metrics.audit_published.inc(count)
                 if count < len(records):  # read no more than fits: memory, and store time
                     self._read_limit = count

@@ -9,7 +9,7 @@ registry (every version kept); counters hold rate limits shared by all replicas.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -70,6 +70,16 @@ class Leadership(Protocol):
 class Store(Protocol):
     async def append(self, records: Sequence[OutboxRecord]) -> None:
         """Store durably (synced to disk) before returning, or raise StoreUnavailable."""
+        ...
+
+    def follow_appends(self, listener: Callable[[Sequence[OutboxRecord]], None]) -> None:
+        """Call `listener` with every batch this process appends, once committed, seqs set.
+
+        Only a store whose seqs are dense and in commit order calls it (SQLite): there the
+        relay can publish what it was handed without reading it back, and tell by a gap in
+        the seqs that another process appended too. A store without that order (PostgreSQL,
+        several replicas) never calls it, and the relay reads everything back.
+        """
         ...
 
     async def unsent(self, limit: int) -> Sequence[OutboxRecord]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -216,6 +216,9 @@ class PostgresStore:
                 "INSERT INTO blauweknop_outbox (event_id, key, payload) VALUES (%s, %s, %s)",
                 [(r.event_id, r.key, r.payload) for r in records],
             )
+
+    def follow_appends(self, listener: Callable[[Sequence[OutboxRecord]], None]) -> None:
+        """Never calls `listener`: identity values are not in commit order across replicas."""
 
     async def unsent(self, limit: int) -> Sequence[OutboxRecord]:
         rows = await self._exec(

@@ -3,6 +3,13 @@
 Appends from concurrent requests are group-committed: while one transaction is being synced,
 new records queue up and go into the next one, so each request still waits for its own records
 to be on disk, but the disk syncs once per batch rather than once per event.
+
+On a busy gateway every wait for the GIL costs a thread switch: sqlite3 gives the GIL up for
+every step of a statement (one step per row read), and each time the store's thread wants it
+back it waits for the event loop's thread. So a batch of appends is one statement, which in
+autocommit mode is its own transaction (one step, commit and sync included), the relay's marks
+go through a second connection that does not sync and so needs no pragma switching, and the
+relay is handed what was committed instead of reading it back (`follow_appends`).
 """
 
 from __future__ import annotations
@@ -10,20 +17,22 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import functools
+import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from gateway.store import DocumentVersion, OutboxRecord, StoreUnavailable, VersionConflict
 from gateway.store._groupcommit import GroupCommit
 from gateway.store._leadership import Election, check_role_name
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -54,9 +63,7 @@ CREATE TABLE IF NOT EXISTS documents (
 CREATE INDEX IF NOT EXISTS documents_kind ON documents (kind, seq);
 """
 
-# Many rows per statement, not one statement per row: sqlite3 gives up the GIL for every step of
-# a statement, and on a busy gateway each time it wants the GIL back it waits for the event
-# loop's thread, a thread switch each time (docs/performance.md, session 4).
+# Many rows per statement, not one statement per row (see the module's docstring).
 _ROWS_PER_STATEMENT = 500  # at most 2,000 parameters; SQLite allows 32,766 since 3.32
 
 
@@ -81,27 +88,39 @@ class SqliteStore:
         self.path = path
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="sqlite-store")
         self._conn: sqlite3.Connection | None = None
-        self._group = GroupCommit(lambda records: self._run(self._insert, records))
+        self._marks: sqlite3.Connection | None = None  # the relay's marks: not synced
+        self._listeners: list[Callable[[Sequence[OutboxRecord]], None]] = []
+        self._group = GroupCommit(self._write)
 
     @classmethod
-    async def open(cls, path: Path) -> SqliteStore:
+    async def open(cls, path: Path) -> Self:
         store = cls(path)
         await store._run(store._connect)
         return store
 
     def _connect(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
         # FULL: every commit is synced, so an acknowledged event survives a power cut.
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA busy_timeout=5000")
-        conn.execute("PRAGMA mmap_size=268435456")
+        conn = self._open_connection("FULL")
         conn.executescript(_SCHEMA)
         columns = {row[1] for row in conn.execute("PRAGMA table_info(outbox)")}
         if "stored_at" not in columns:  # an outbox made before sent records were pruned
             conn.execute("ALTER TABLE outbox ADD COLUMN stored_at REAL NOT NULL DEFAULT 0")
+        # A mark lost in a power cut only makes the relay send those events again (same ids,
+        # same bytes), and the next synced append carries it to disk: marks are not synced.
+        self._marks = self._open_connection("NORMAL")
         self._conn = conn
+
+    def _open_connection(self, synchronous: str) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute("PRAGMA mmap_size=268435456")
+        # A statement journal (a multi-row write inside a transaction) stays in memory instead
+        # of spilling into a temporary file that is created and deleted for every batch.
+        conn.execute("PRAGMA temp_store=MEMORY")
+        return conn
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         try:
@@ -122,9 +141,20 @@ class SqliteStore:
     async def append(self, records: Sequence[OutboxRecord]) -> None:
         await self._group.append(records)
 
+    def follow_appends(self, listener: Callable[[Sequence[OutboxRecord]], None]) -> None:
+        self._listeners.append(listener)
+
+    async def _write(self, records: list[OutboxRecord]) -> None:
+        stored: list[OutboxRecord] = await self._run(self._insert, records)
+        for listener in self._listeners:
+            try:
+                listener(stored)
+            except Exception:  # committed already: a listener's failure must not undo that
+                log.exception("an outbox listener failed; the relay reads the records back")
+
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        conn = self.conn
+    def _transaction(self, conn: sqlite3.Connection | None = None) -> Iterator[sqlite3.Connection]:
+        conn = conn or self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
@@ -133,14 +163,23 @@ class SqliteStore:
             raise
         conn.execute("COMMIT")
 
-    def _insert(self, records: list[OutboxRecord]) -> None:
+    def _insert(self, records: list[OutboxRecord]) -> list[OutboxRecord]:
+        """Write the records in one transaction; them with their seqs."""
+        if not records:
+            return []
         now = time.time()
-        with self._transaction() as conn:
-            for chunk in _chunks(records, _ROWS_PER_STATEMENT):
-                conn.execute(
-                    _insert_sql(len(chunk)),
-                    [v for r in chunk for v in (r.event_id, r.key, r.payload, now)],
-                )
+        if len(records) <= _ROWS_PER_STATEMENT:  # one statement: its own transaction
+            last = _insert_rows(self.conn, records, now)
+        else:
+            with self._transaction() as conn:
+                for chunk in _chunks(records, _ROWS_PER_STATEMENT):
+                    last = _insert_rows(conn, chunk, now)
+        # One writer at a time, AUTOINCREMENT: the rows of a transaction get consecutive seqs.
+        first = last - len(records) + 1
+        return [
+            OutboxRecord(r.event_id, r.key, r.payload, seq)
+            for seq, r in enumerate(records, start=first)
+        ]
 
     async def unsent(self, limit: int) -> Sequence[OutboxRecord]:
         rows = await self._run(
@@ -154,16 +193,16 @@ class SqliteStore:
         await self._run(self._mark_sent, seqs)
 
     def _mark_sent(self, seqs: Sequence[int]) -> None:
-        # Not synced on its own: a mark lost in a power cut only makes the relay send those
-        # events again (same ids, same bytes), and the next synced append carries it to disk.
-        conn = self.conn
-        conn.execute("PRAGMA synchronous=NORMAL")
-        try:
-            with self._transaction():
-                for chunk in _chunks(seqs, _ROWS_PER_STATEMENT):
-                    conn.execute(_mark_sent_sql(len(chunk)), chunk)
-        finally:
-            conn.execute("PRAGMA synchronous=FULL")
+        if self._marks is None:
+            raise StoreUnavailable("the store is closed")
+        if not seqs:
+            return
+        if len(seqs) <= _ROWS_PER_STATEMENT:
+            self._marks.execute(_mark_sent_sql(len(seqs)), seqs)
+            return
+        with self._transaction(self._marks) as conn:
+            for chunk in _chunks(seqs, _ROWS_PER_STATEMENT):
+                conn.execute(_mark_sent_sql(len(chunk)), chunk)
 
     async def prune_sent(self, older_than: float, limit: int = 10_000) -> int:
         rows = await self._run(
@@ -315,6 +354,9 @@ class SqliteStore:
 
     async def close(self) -> None:
         await self._group.drain()
+        if self._marks is not None:
+            await self._run(self._marks.close)
+            self._marks = None
         if self._conn is not None:
             await self._run(self._conn.close)
             self._conn = None
@@ -322,6 +364,15 @@ class SqliteStore:
 
 
 _DOC_COLUMNS = "kind, key, version, body, seq, created"
+
+
+def _insert_rows(conn: sqlite3.Connection, records: Sequence[OutboxRecord], now: float) -> int:
+    """Insert in one statement; the seq of the last row."""
+    cursor = conn.execute(
+        _insert_sql(len(records)), [v for r in records for v in (r.event_id, r.key, r.payload, now)]
+    )
+    assert cursor.lastrowid is not None
+    return cursor.lastrowid
 
 
 class _FileLock:
