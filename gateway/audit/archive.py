@@ -26,6 +26,7 @@ import datetime as dt
 import hashlib
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -69,6 +70,8 @@ OFF_LOOP_BYTES: Final = 256 * 1024
 COMPRESSION: Final = "zstd"
 _COMPRESSED_TYPES: Final = frozenset({"application/json", "application/jose", "application/xml"})
 _ZSTD_LEVEL: Final = 1
+# One compressor per thread (they are not thread-safe): making one allocates its tables afresh.
+_compressors = threading.local()
 
 EVENT_ARCHIVED: Final = "document.gearchiveerd"
 EVENT_ISSUED: Final = "bundel.uitgegeven"
@@ -365,6 +368,13 @@ def context_info(
     return "\n".join(fields).encode("ascii")
 
 
+def _compressor() -> zstandard.ZstdCompressor:
+    compressor: zstandard.ZstdCompressor | None = getattr(_compressors, "zstd", None)
+    if compressor is None:
+        compressor = _compressors.zstd = zstandard.ZstdCompressor(level=_ZSTD_LEVEL)
+    return compressor
+
+
 def seal_document(
     document: IssuedDocument, transactie_id: str, key: ArchivistPublicKey
 ) -> SealedDocument:
@@ -377,7 +387,7 @@ def seal_document(
     plaintext = document.content
     if compressie is not None:
         # The frame records the size, which `_inflate` insists on before it allocates.
-        plaintext = zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(plaintext)
+        plaintext = _compressor().compress(plaintext)
     info = context_info(
         transactie_id, document.formaat, document.mediatype, sha256, size, key.key_id, compressie
     )

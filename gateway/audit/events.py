@@ -67,6 +67,10 @@ class PseudonymKey:
         return cls.from_file(path)
 
 
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
 class AuditTrail:
     def __init__(
         self,
@@ -84,7 +88,9 @@ class AuditTrail:
         # The largest event Kafka takes ([kafka] max_message_bytes), when there is a relay.
         self.max_event_bytes = max_event_bytes
 
-    def event(self, name: str, transactie_id: str, data: dict[str, Any]) -> OutboxRecord:
+    def event(
+        self, name: str, transactie_id: str, data: dict[str, Any], *, time: str | None = None
+    ) -> OutboxRecord:
         """One CloudEvents 1.0 event in structured JSON, keyed by transaction id."""
         event_id = str(uuid.uuid4())
         envelope = {
@@ -92,7 +98,7 @@ class AuditTrail:
             "id": event_id,
             "source": self.source,
             "type": f"{EVENT_TYPE_PREFIX}{name}.v1",
-            "time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+            "time": time or _now(),
             "datacontenttype": "application/json",
             "transactieid": transactie_id,
             "pseudonymkeyid": self.key.key_id,
@@ -125,6 +131,7 @@ class AuditTrail:
             raise ArchiveError("a bundle is issued in at least one format")
         sealed = await seal_documents(documents, transactie_id, self.archive_key)
         pseudonym = self.key.pseudonym(bsn)
+        now = _now()  # the events of one append record one moment
         records = [
             self.event(
                 "organisatie.bevraagd",
@@ -136,6 +143,7 @@ class AuditTrail:
                     "duur_ms": b.duur_ms,
                     "antwoord_sha256": b.herkomst.sha256 if b.herkomst else None,
                 },
+                time=now,
             )
             for b in bronnen
         ]
@@ -144,6 +152,7 @@ class AuditTrail:
                 EVENT_ARCHIVED,
                 transactie_id,
                 {"burger": pseudonym, "bundel_id": bundel_id, **s.event_data()},
+                time=now,
             )
             for s in sealed
         ]
@@ -168,6 +177,7 @@ class AuditTrail:
                     "formaten": {s.formaat: s.sha256 for s in sealed},
                     "organisaties": {b.organisatie.code: b.status for b in bronnen},
                 },
+                time=now,
             )
         )
         await self.store.append(records)
