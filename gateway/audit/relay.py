@@ -116,7 +116,7 @@ class Relay:
             self._task = asyncio.create_task(self.run(), name="audit-relay")
 
     def wake(self) -> None:
-        """New records are in the outbox: publish without waiting for the next poll."""
+        """Look for records now instead of at the next poll (the store's hand-over, a stop)."""
         self._wake.set()
 
     async def stop(self, drain_seconds: float = 5.0) -> None:
@@ -161,7 +161,7 @@ class Relay:
             self._handed_bytes += sum(len(r.payload) for r in records)
             if self._handed_bytes > _HANDED_MAX_BYTES:
                 self._forget_handed()  # Kafka is away: the outbox keeps them meanwhile
-        self._wake.set()
+        self.wake()
 
     def _forget_handed(self) -> None:
         self._handed.clear()

@@ -32,6 +32,7 @@ from gateway.store._groupcommit import GroupCommit
 from gateway.store._leadership import Election, check_role_name
 
 T = TypeVar("T")
+R = TypeVar("R")
 log = logging.getLogger(__name__)
 
 _SCHEMA = """
@@ -163,17 +164,32 @@ class SqliteStore:
             raise
         conn.execute("COMMIT")
 
+    def _in_one_transaction(
+        self,
+        conn: sqlite3.Connection,
+        items: Sequence[T],
+        write: Callable[[sqlite3.Connection, Sequence[T]], R],
+    ) -> R:
+        """`write` the items in one transaction; what it returned for the last of them.
+
+        Items that fit one statement are written by one, which in autocommit mode is its own
+        transaction; more go in statement-sized chunks inside BEGIN ... COMMIT.
+        """
+        if len(items) <= _ROWS_PER_STATEMENT:
+            return write(conn, items)
+        with self._transaction(conn):
+            for chunk in _chunks(items, _ROWS_PER_STATEMENT):
+                result = write(conn, chunk)
+        return result
+
     def _insert(self, records: list[OutboxRecord]) -> list[OutboxRecord]:
         """Write the records in one transaction; them with their seqs."""
         if not records:
             return []
         now = time.time()
-        if len(records) <= _ROWS_PER_STATEMENT:  # one statement: its own transaction
-            last = _insert_rows(self.conn, records, now)
-        else:
-            with self._transaction() as conn:
-                for chunk in _chunks(records, _ROWS_PER_STATEMENT):
-                    last = _insert_rows(conn, chunk, now)
+        last = self._in_one_transaction(
+            self.conn, records, lambda conn, chunk: _insert_rows(conn, chunk, now)
+        )
         # One writer at a time, AUTOINCREMENT: the rows of a transaction get consecutive seqs.
         first = last - len(records) + 1
         return [
@@ -195,14 +211,8 @@ class SqliteStore:
     def _mark_sent(self, seqs: Sequence[int]) -> None:
         if self._marks is None:
             raise StoreUnavailable("the store is closed")
-        if not seqs:
-            return
-        if len(seqs) <= _ROWS_PER_STATEMENT:
-            self._marks.execute(_mark_sent_sql(len(seqs)), seqs)
-            return
-        with self._transaction(self._marks) as conn:
-            for chunk in _chunks(seqs, _ROWS_PER_STATEMENT):
-                conn.execute(_mark_sent_sql(len(chunk)), chunk)
+        if seqs:
+            self._in_one_transaction(self._marks, seqs, _mark_rows)
 
     async def prune_sent(self, older_than: float, limit: int = 10_000) -> int:
         rows = await self._run(
@@ -364,6 +374,10 @@ class SqliteStore:
 
 
 _DOC_COLUMNS = "kind, key, version, body, seq, created"
+
+
+def _mark_rows(conn: sqlite3.Connection, seqs: Sequence[int]) -> None:
+    conn.execute(_mark_sent_sql(len(seqs)), seqs)
 
 
 def _insert_rows(conn: sqlite3.Connection, records: Sequence[OutboxRecord], now: float) -> int:
