@@ -16,6 +16,11 @@ gateways are replaced by fresh processes every `--restart-every` pairs (default 
 relay has published everything, so that the figure does not rest on one lucky or unlucky
 process. At the end the number of events on the topic must match the outbox's.
 
+Besides CPU per bundle, the report gives each gateway's event-loop thread (its CPU per bundle
+and how busy it was) and how idle the machine was during each mode's rounds: at 16 clients a
+gateway is bound by that one thread and the GIL before it is bound by the cores, so an audit
+cost shows up there first (docs/performance.md, session 6).
+
     .venv/bin/python -m bench.audit [--quick] [--rounds 8] [--restart-every 4]
 """
 
@@ -38,7 +43,13 @@ from typing import Any
 import aiohttp
 import orjson
 
-from bench.fanout import closed_loop, process_cpu_seconds, wait_for
+from bench.fanout import (
+    closed_loop,
+    event_loop_cpu_seconds,
+    machine_idle,
+    process_cpu_seconds,
+    wait_for,
+)
 from gateway.audit import EVENTS_TOPIC
 from gateway.audit.broker import start_broker
 from gateway.audit.stream import read_topic
@@ -117,6 +128,8 @@ async def run(quick: bool, rounds: int, restart_every: int) -> dict[str, Any]:
     per_round_rates: dict[str, list[float]] = {"on": [], "off": []}
     pair_ratios: list[float] = []
     cpu = {"on": 0.0, "off": 0.0, "sandboxes": 0.0, "broker": 0.0}
+    loop_cpu = {"on": 0.0, "off": 0.0}
+    idle_ticks = {"on": [0, 0], "off": [0, 0]}
     issued_unaudited = 0.0
     drains: list[float] = []
     try:
@@ -161,7 +174,13 @@ async def run(quick: bool, rounds: int, restart_every: int) -> dict[str, Any]:
                         rates: dict[str, float] = {}
                         for mode in ("on", "off") if i % 2 == 0 else ("off", "on"):
                             call = bundle_call(urls[mode])
+                            loop_before = event_loop_cpu_seconds(pids[mode])
+                            idle_before = machine_idle()
                             _, _, took = await closed_loop(CLIENTS, per_round, call)
+                            loop_cpu[mode] += event_loop_cpu_seconds(pids[mode]) - loop_before
+                            idle_after = machine_idle()
+                            idle_ticks[mode][0] += idle_after[0] - idle_before[0]
+                            idle_ticks[mode][1] += idle_after[1] - idle_before[1]
                             seconds[mode] += took
                             rates[mode] = per_round / took
                             per_round_rates[mode].append(round(rates[mode], 1))
@@ -196,6 +215,17 @@ async def run(quick: bool, rounds: int, restart_every: int) -> dict[str, Any]:
             "gateway_off": round(cpu["off"] * 1000 / bundles, 2),
             "sandboxes": round(cpu["sandboxes"] * 1000 / (2 * bundles), 2),
             "broker": round(cpu["broker"] * 1000 / bundles, 2),
+        }
+        report["event_loop"] = {
+            mode: {
+                "cpu_ms_per_bundle": round(loop_cpu[mode] * 1000 / bundles, 2),
+                "busy": round(loop_cpu[mode] / seconds[mode], 2),
+            }
+            for mode in urls
+        }
+        report["machine_idle"] = {
+            mode: round(idle / total, 2) if total else None
+            for mode, (idle, total) in idle_ticks.items()
         }
         report["ratio_on_off"] = round(report["bundles_per_s_on"] / report["bundles_per_s_off"], 3)
         report["pair_ratios"] = [round(r, 3) for r in pair_ratios]

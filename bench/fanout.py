@@ -49,6 +49,17 @@ def _ticks(path: str) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def event_loop_cpu_seconds(pid: int) -> float:
+    """CPU time used so far by a process's main thread (a gateway's event loop)."""
+    return _ticks(f"/proc/{pid}/task/{pid}/stat")
+
+
+def machine_idle() -> tuple[int, int]:
+    """(idle, total) clock ticks of all CPUs since boot: differences give the idle share."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return ticks[3] + ticks[4], sum(ticks)  # idle + iowait
+
+
 def process_cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     """CPU time (user + system) used so far by each process."""
     return {name: _ticks(f"/proc/{pid}/stat") for name, pid in pids.items()}
@@ -64,7 +75,7 @@ def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     return {
         "load_generator": time.process_time(),
         **process_cpu_seconds(pids),
-        "gateway_event_loop": _ticks(f"/proc/{gateway}/task/{gateway}/stat"),
+        "gateway_event_loop": event_loop_cpu_seconds(gateway),
     }
 
 
