@@ -5,7 +5,9 @@ reaching the same sandboxes:
 
 * **on**: the real thing. Every bundle's events (and its encrypted document) are synced to the
   SQLite outbox before the bundle goes out, and the relay publishes them to an embedded Kafka
-  broker (Tansu, started by this benchmark) in the background;
+  broker (Tansu, started by this benchmark) in the background; by the audit writer process
+  (`[audit] writer = "process"`, the default here) or, with `--writer inline`, by the gateway
+  process itself;
 * **off**: `[audit] disabled_for_benchmark = true`, a sandbox-only setting that production
   refuses: no outbox, no relay.
 
@@ -21,7 +23,7 @@ and how busy it was) and how idle the machine was during each mode's rounds: at 
 gateway is bound by that one thread and the GIL before it is bound by the cores, so an audit
 cost shows up there first (docs/performance.md, session 6).
 
-    .venv/bin/python -m bench.audit [--quick] [--rounds 8] [--restart-every 4]
+    .venv/bin/python -m bench.audit [--quick] [--rounds 8] [--restart-every 4] [--writer inline]
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from bench.fanout import (
     event_loop_cpu_seconds,
     machine_idle,
     process_cpu_seconds,
+    tree_cpu_seconds,
     wait_for,
 )
 from gateway.audit import EVENTS_TOPIC
@@ -96,7 +99,7 @@ async def metric(session: aiohttp.ClientSession, url: str, name: str) -> float:
     raise RuntimeError(f"{name} not in {url}/metrics")
 
 
-async def run(quick: bool, rounds: int, restart_every: int) -> dict[str, Any]:
+async def run(quick: bool, rounds: int, restart_every: int, writer: str) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="bk-bench-audit-"))
     base = {
         **os.environ,
@@ -113,6 +116,7 @@ async def run(quick: bool, rounds: int, restart_every: int) -> dict[str, Any]:
             PORTS["on"],
             BLAUWEKNOP_KAFKA__BOOTSTRAP_SERVERS=broker.bootstrap,
             BLAUWEKNOP_KAFKA__IDEMPOTENCE="false",
+            BLAUWEKNOP_AUDIT__WRITER=writer,
         ),
         "off": gateway_env(
             base, root / "off", PORTS["off"], BLAUWEKNOP_AUDIT__DISABLED_FOR_BENCHMARK="true"
@@ -120,7 +124,7 @@ async def run(quick: bool, rounds: int, restart_every: int) -> dict[str, Any]:
     }
     settings = load_settings(None, base)
     urls = {mode: f"http://127.0.0.1:{port}" for mode, port in PORTS.items()}
-    report: dict[str, Any] = {"clients": CLIENTS, "citizen": CITIZEN}
+    report: dict[str, Any] = {"clients": CLIENTS, "citizen": CITIZEN, "writer": writer}
     rounds, per_round = (2, 200) if quick else (rounds, 400)
     report["gateway_processes_per_mode"] = -(-rounds // restart_every)
     connector = aiohttp.TCPConnector(limit=256)
@@ -168,7 +172,7 @@ async def run(quick: bool, rounds: int, restart_every: int) -> dict[str, Any]:
                         await wait_for(f"{url}/readyz", session)
                     for mode in urls:  # warm up
                         await closed_loop(CLIENTS, CLIENTS * 8, bundle_call(urls[mode]))
-                    cpu_before = process_cpu_seconds(pids)
+                    cpu_before = cpu_seconds(pids)
                     for i in range(first, min(first + restart_every, rounds)):
                         # on-off, then off-on: a trend in the machine's load cancels out in pairs.
                         rates: dict[str, float] = {}
@@ -185,7 +189,7 @@ async def run(quick: bool, rounds: int, restart_every: int) -> dict[str, Any]:
                             rates[mode] = per_round / took
                             per_round_rates[mode].append(round(rates[mode], 1))
                         pair_ratios.append(rates["on"] / rates["off"])
-                    cpu_after = process_cpu_seconds(pids)
+                    cpu_after = cpu_seconds(pids)
                     issued_unaudited += await metric(
                         session, urls["off"], 'blauweknop_bundles_total{outcome="issued_unaudited"}'
                     )
@@ -249,6 +253,14 @@ async def run(quick: bool, rounds: int, restart_every: int) -> dict[str, Any]:
     return report
 
 
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """CPU time so far of each process; a gateway's includes its audit writer's."""
+    return {
+        **process_cpu_seconds(pids),
+        **{mode: tree_cpu_seconds(pids[mode]) for mode in ("on", "off")},
+    }
+
+
 def outbox_counts(db: Path) -> tuple[int, int]:
     """(events stored, events marked sent) in the outbox of the audited gateway."""
     with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
@@ -268,10 +280,16 @@ def main() -> None:
         default=4,
         help="pairs after which both gateways are replaced by fresh processes",
     )
+    parser.add_argument(
+        "--writer",
+        choices=("process", "inline"),
+        default="process",
+        help="where the audited gateway seals, appends and relays ([audit] writer)",
+    )
     args = parser.parse_args()
     if args.rounds < 1 or args.restart_every < 1:
         parser.error("--rounds and --restart-every must be at least 1")
-    report = asyncio.run(run(args.quick, args.rounds, args.restart_every))
+    report = asyncio.run(run(args.quick, args.rounds, args.restart_every, args.writer))
     sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 

@@ -60,6 +60,17 @@ def machine_idle() -> tuple[int, int]:
     return ticks[3] + ticks[4], sum(ticks)  # idle + iowait
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time used so far by a process and the processes it started (an audit writer)."""
+    total = _ticks(f"/proc/{pid}/stat")
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            for child in (task / "children").read_text().split():
+                with contextlib.suppress(FileNotFoundError):
+                    total += tree_cpu_seconds(int(child))
+    return total
+
+
 def process_cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     """CPU time (user + system) used so far by each process."""
     return {name: _ticks(f"/proc/{pid}/stat") for name, pid in pids.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import uuid
@@ -19,10 +20,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from connectors._sandbox import CITIZENS
 from gateway import logs
-from gateway.audit import AuditTrail, PseudonymKey
-from gateway.audit.archive import ArchivistPublicKey, IssuedDocument
+from gateway.audit import AuditTrail
+from gateway.audit.archive import IssuedDocument
+from gateway.audit.events import OrganisatieBevraagd
 from gateway.audit.kafka import producer_options
 from gateway.audit.relay import Relay
+from gateway.audit.writer import AuditWriter
 from gateway.bodies import read_form
 from gateway.browser_security import harden, strict_csp
 from gateway.bsn import is_bsn
@@ -37,7 +40,7 @@ from gateway.metrics import Metrics
 from gateway.openapi import served_bytes as openapi_bytes
 from gateway.schema import SCHEMA_FILE, schema_bytes
 from gateway.sign import KeyRing, SignedBundel
-from gateway.store import StoreUnavailable, open_store
+from gateway.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,7 @@ METRICS = web.AppKey("metrics", Metrics)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 AUDIT = web.AppKey("audit", AuditTrail)
 RELAY = web.AppKey("relay", Relay)
+AUDIT_WRITER = web.AppKey("audit_writer", AuditWriter)
 TRANSACTIE_ID = web.RequestKey("transactie_id", str)
 
 
@@ -136,25 +140,20 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
 
 async def _audit_trail(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    key = (
-        PseudonymKey.from_file(settings.pseudonym_key_file)
-        if settings.pseudonym_key_file
-        else PseudonymKey.development(settings.state_dir)
-    )
-    # Only the archivist's public key: the gateway can archive documents but never read them.
-    if settings.archive_public_key_file:
-        archive_key = ArchivistPublicKey.from_file(settings.archive_public_key_file)
-    elif settings.mode == "sandbox":
-        archive_key = ArchivistPublicKey.development(settings.state_dir)
-    else:
-        raise ConfigError("production mode needs [audit] archive_public_key_file")
-    store = await open_store(settings)
-    max_event_bytes = settings.kafka.max_message_bytes if settings.kafka else None
-    app[AUDIT] = AuditTrail(store, key, settings.uitgever, archive_key, max_event_bytes)
+    app[AUDIT] = trail = await AuditTrail.open(settings)
+    writer = None
+    if settings.audit_writer == "process" and not settings.audit_disabled_for_benchmark:
+        writer = AuditWriter(settings)
+        app[AUDIT_WRITER] = writer
+        app[READINESS_CHECKS]["audit_writer"] = _writer_ready
     try:
+        if writer is not None:
+            await writer.start()
         yield
     finally:
-        await store.close()
+        if writer is not None:
+            await writer.stop()
+        await trail.store.close()
 
 
 async def _documents(app: web.Application) -> AsyncIterator[None]:
@@ -175,9 +174,12 @@ async def _documents(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _audit_relay(app: web.Application) -> AsyncIterator[None]:
-    """Publish the outbox to Kafka in the background when `[kafka]` is configured."""
+    """Publish the outbox to Kafka in the background when `[kafka]` is configured.
+
+    With an audit writer process, the writer runs the relay instead.
+    """
     kafka = app[SETTINGS].kafka
-    if kafka is None:
+    if kafka is None or AUDIT_WRITER in app:
         yield
         return
     producer_options(kafka)  # bad TLS or SASL files stop the start, not the relay later
@@ -204,15 +206,18 @@ async def release(
     if request.app[SETTINGS].audit_disabled_for_benchmark:  # sandbox benchmarks only
         request.app[METRICS].bundles.labels("issued_unaudited").inc()
         return web.Response(body=body, content_type=content_type)
+    app, trail = request.app, request.app[AUDIT]
+    # Recorded by the audit writer process when there is one, else here: the same events.
+    record = app[AUDIT_WRITER].bundle_issued if AUDIT_WRITER in app else trail.bundle_issued
     try:
-        await request.app[AUDIT].bundle_issued(
+        await record(
             transactie_id=request[TRANSACTIE_ID],
-            bsn=signed.bundel.bsn,
+            burger=trail.key.pseudonym(signed.bundel.bsn),
             bundel_id=signed.bundel.bundel_id,
             canonical_sha256=hashlib.sha256(signed.canonical).hexdigest(),
             # The exact bytes sent, archived encrypted to the archivist in the same append.
             documents=[IssuedDocument(formaat, content_type, body)],
-            bronnen=signed.bundel.bronnen,
+            bevragingen=[OrganisatieBevraagd.of(b) for b in signed.bundel.bronnen],
         )
     except StoreUnavailable:
         log.exception("audit record not stored; bundle withheld")
@@ -327,6 +332,15 @@ async def _relay_ready(app: web.Application) -> str | None:
     return None if app[RELAY].running else "the audit relay has stopped"
 
 
+async def _writer_ready(app: web.Application) -> str | None:
+    """The audit writer answers, and its relay runs (when Kafka is configured)."""
+    try:
+        status = await app[AUDIT_WRITER].status()
+    except StoreUnavailable as exc:
+        return str(exc)
+    return "the audit relay has stopped" if status.get("relay_running") is False else None
+
+
 async def _client_ready(app: web.Application) -> str | None:
     if SESSION not in app or app[SESSION].closed:
         return "the HTTP client for the organisations is closed"
@@ -357,7 +371,14 @@ async def _readyz(request: web.Request) -> web.Response:
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[METRICS].registry)
+    metrics = request.app[METRICS]
+    body = generate_latest(metrics.registry)
+    if AUDIT_WRITER in request.app:  # the relay's metrics live in the writer process
+        with contextlib.suppress(StoreUnavailable):  # while it restarts, scrape the rest
+            status = await request.app[AUDIT_WRITER].status()
+            body += str(status.get("metrics", "")).encode()
+    else:
+        body += generate_latest(metrics.audit_registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

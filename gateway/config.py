@@ -35,6 +35,7 @@ from gateway.sign import KeyRing
 from gateway.store.postgres import PostgresOptions
 
 Mode = Literal["sandbox", "production"]
+AuditWriterMode = Literal["inline", "process"]
 ENTRY_POINT_GROUP = "blauweknop.connectors"
 ENV_PREFIX = "BLAUWEKNOP_"
 
@@ -268,6 +269,10 @@ class Settings:
     audit_disabled_for_benchmark: bool = False
     # How long the outbox keeps records Kafka has acknowledged before the relay deletes them.
     outbox_keep_sent_seconds: float = 3600.0
+    # Where issued bundles are sealed, appended and relayed: in the gateway's own process, or in
+    # an audit writer process beside it (gateway/audit/writer.py), which a busy gateway needs.
+    # The loader's default is "process" in production mode.
+    audit_writer: AuditWriterMode = "inline"
     log_level: str = "INFO"
     sandbox_host: str = "127.0.0.1"
     sandbox_base_port: int = 9101
@@ -424,6 +429,7 @@ def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
         checkpoints=checkpoint_config(audit),
         audit_disabled_for_benchmark=_bool(audit, "disabled_for_benchmark", False),
         outbox_keep_sent_seconds=_non_negative(audit, "outbox_keep_sent_seconds", 3600.0),
+        audit_writer=_audit_writer(audit, mode),
         log_level=_str(data, "log_level", "INFO"),
         sandbox_host=sandbox_host,
         sandbox_base_port=sandbox_base_port,
@@ -737,6 +743,14 @@ def _set_path(data: dict[str, Any], keys: list[str], value: str) -> None:
         if not isinstance(data, dict):
             raise ConfigError(f"environment variable sets {key!r} both as value and as table")
     data[keys[-1]] = value
+
+
+def _audit_writer(audit: Mapping[str, Any], mode: str) -> AuditWriterMode:
+    # Production serves many citizens at once; a sandbox or the demo is simpler in one process.
+    writer = _str(audit, "writer", "process" if mode == "production" else "inline")
+    if writer not in ("inline", "process"):
+        raise ConfigError(f'[audit] writer must be "inline" or "process", not {writer!r}')
+    return cast(AuditWriterMode, writer)
 
 
 def _table(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:

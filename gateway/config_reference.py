@@ -69,6 +69,9 @@ DESCRIPTIONS: dict[str, str] = {
     "document is archived HPKE-encrypted to it; required in production",
     "audit.disabled_for_benchmark": "sandbox benchmarks only: no audit records (refused in "
     "production)",
+    "audit.writer": "where issued bundles are sealed, appended and relayed: `process`, an "
+    "audit writer process beside the gateway, which serves more on a busy gateway; `inline` "
+    "(the default in sandbox mode), the gateway process itself (docs/audit.md)",
     "audit.outbox_keep_sent_seconds": "how long the outbox keeps events Kafka acknowledged "
     "(a window to replay them should the cluster lose them) before the relay deletes them",
     "audit.origin": "the Merkle log's origin line (default: `<uitgever OIN>/blauweknop/audit`)",

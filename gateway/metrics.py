@@ -53,38 +53,40 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
-        # The audit relay (gateway/audit/relay.py): outbox to Kafka.
+        # The audit relay (gateway/audit/relay.py): outbox to Kafka. A registry of their own:
+        # with `[audit] writer = "process"` the writer process keeps them (gateway/audit/writer.py).
+        self.audit_registry = CollectorRegistry()
         self.audit_backlog = Gauge(
             "blauweknop_audit_outbox_backlog",
             "Audit events in the outbox not yet acknowledged by Kafka.",
-            registry=self.registry,
+            registry=self.audit_registry,
         )
         self.audit_published = Counter(
             "blauweknop_audit_events_published",
             "Audit events acknowledged by Kafka (acks=all) and marked sent.",
-            registry=self.registry,
+            registry=self.audit_registry,
         )
         self.audit_publish_failures = Counter(
             "blauweknop_audit_publish_failures",
             "Batches of audit events that Kafka did not acknowledge in time; they are resent.",
-            registry=self.registry,
+            registry=self.audit_registry,
         )
         self.audit_publish_seconds = Histogram(
             "blauweknop_audit_publish_seconds",
             "Time from sending a batch of audit events until Kafka acknowledged all of them.",
             buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
+            registry=self.audit_registry,
         )
         self.audit_relay_connected = Gauge(
             "blauweknop_audit_relay_connected",
             "1 while the audit relay has a working connection to Kafka.",
-            registry=self.registry,
+            registry=self.audit_registry,
         )
         self.audit_relay_leader = Gauge(
             "blauweknop_audit_relay_leader",
             "1 while this replica's relay is the one that publishes the outbox (one across "
             "replicas); 0 while it stands by.",
-            registry=self.registry,
+            registry=self.audit_registry,
         )
 
 

@@ -27,8 +27,10 @@ from gateway.audit.archive import (
     IssuedDocument,
     seal_documents,
 )
+from gateway.config import Settings
+from gateway.errors import ConfigError
 from gateway.models import Bron, Organisatie
-from gateway.store import OutboxRecord, Store
+from gateway.store import OutboxRecord, Store, open_store
 
 EVENT_TYPE_PREFIX = "nl.blauweknop.audit."
 SPEC_VERSION = "1.0"
@@ -67,6 +69,27 @@ class PseudonymKey:
         return cls.from_file(path)
 
 
+@dataclass(frozen=True, slots=True)
+class OrganisatieBevraagd:
+    """What one organisation call contributes to the audit: who, the outcome, how long, hash."""
+
+    oin: str
+    code: str
+    status: str
+    duur_ms: int | None
+    antwoord_sha256: str | None
+
+    @classmethod
+    def of(cls, bron: Bron) -> OrganisatieBevraagd:
+        return cls(
+            bron.organisatie.oin,
+            bron.organisatie.code,
+            bron.status,
+            bron.duur_ms,
+            bron.herkomst.sha256 if bron.herkomst else None,
+        )
+
+
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
@@ -87,6 +110,25 @@ class AuditTrail:
         self.archive_key = archive_key
         # The largest event Kafka takes ([kafka] max_message_bytes), when there is a relay.
         self.max_event_bytes = max_event_bytes
+
+    @classmethod
+    async def open(cls, settings: Settings) -> AuditTrail:
+        """The configured trail: its keys, and the store it appends to (opened here)."""
+        key = (
+            PseudonymKey.from_file(settings.pseudonym_key_file)
+            if settings.pseudonym_key_file
+            else PseudonymKey.development(settings.state_dir)
+        )
+        # Only the archivist's public key: the gateway archives documents but never reads them.
+        if settings.archive_public_key_file:
+            archive_key = ArchivistPublicKey.from_file(settings.archive_public_key_file)
+        elif settings.mode == "sandbox":
+            archive_key = ArchivistPublicKey.development(settings.state_dir)
+        else:
+            raise ConfigError("production mode needs [audit] archive_public_key_file")
+        store = await open_store(settings)
+        max_event_bytes = settings.kafka.max_message_bytes if settings.kafka else None
+        return cls(store, key, settings.uitgever, archive_key, max_event_bytes)
 
     def event(
         self, name: str, transactie_id: str, data: dict[str, Any], *, time: str | None = None
@@ -114,44 +156,44 @@ class AuditTrail:
         self,
         *,
         transactie_id: str,
-        bsn: str,
+        burger: str,
         bundel_id: str,
         canonical_sha256: str,
         documents: Sequence[IssuedDocument],
-        bronnen: Sequence[Bron],
+        bevragingen: Sequence[OrganisatieBevraagd],
     ) -> None:
         """Record every organisation call, the archived documents and the issued bundle.
 
-        One durable append: the documents' encrypted bytes (`document.gearchiveerd`, one per
-        format) are stored together with `bundel.uitgegeven`, or nothing is.
+        `burger` is the citizen's pseudonym (`key.pseudonym(bsn)`). One durable append: the
+        documents' encrypted bytes (`document.gearchiveerd`, one per format) are stored together
+        with `bundel.uitgegeven`, or nothing is.
         """
         if self.archive_key is None:
             raise ArchiveError("no archivist key configured; documents cannot be archived")
         if not documents:
             raise ArchiveError("a bundle is issued in at least one format")
         sealed = await seal_documents(documents, transactie_id, self.archive_key)
-        pseudonym = self.key.pseudonym(bsn)
         now = _now()  # the events of one append record one moment
         records = [
             self.event(
                 "organisatie.bevraagd",
                 transactie_id,
                 {
-                    "burger": pseudonym,
-                    "organisatie": {"oin": b.organisatie.oin, "code": b.organisatie.code},
+                    "burger": burger,
+                    "organisatie": {"oin": b.oin, "code": b.code},
                     "status": b.status,
                     "duur_ms": b.duur_ms,
-                    "antwoord_sha256": b.herkomst.sha256 if b.herkomst else None,
+                    "antwoord_sha256": b.antwoord_sha256,
                 },
                 time=now,
             )
-            for b in bronnen
+            for b in bevragingen
         ]
         archived = [
             self.event(
                 EVENT_ARCHIVED,
                 transactie_id,
-                {"burger": pseudonym, "bundel_id": bundel_id, **s.event_data()},
+                {"burger": burger, "bundel_id": bundel_id, **s.event_data()},
                 time=now,
             )
             for s in sealed
@@ -171,11 +213,11 @@ class AuditTrail:
                 "bundel.uitgegeven",
                 transactie_id,
                 {
-                    "burger": pseudonym,
+                    "burger": burger,
                     "bundel_id": bundel_id,
                     "bundel_sha256": canonical_sha256,
                     "formaten": {s.formaat: s.sha256 for s in sealed},
-                    "organisaties": {b.organisatie.code: b.status for b in bronnen},
+                    "organisaties": {b.code: b.status for b in bevragingen},
                 },
                 time=now,
             )
