@@ -658,7 +658,9 @@ async def test_dashboard_and_alerts_use_only_metrics_and_labels_the_code_defines
     used = set().union(*(metric_names(e) for e in exprs))
     unknown = used - exported - EXTERNAL_METRICS
     assert not unknown, f"dashboard or alerts use metrics nobody exports: {sorted(unknown)}"
-    labels = label_names(stack.app[METRICS].registry) | label_names(checkpointer_metrics.registry)
+    registries = stack.app[METRICS]
+    labels = label_names(registries.registry) | label_names(registries.audit_registry)
+    labels |= label_names(checkpointer_metrics.registry)
     labels |= {"up": {"job", "instance"}}
     for expr in exprs:
         for metrics, selected in used_labels(expr):
